@@ -1,0 +1,172 @@
+#pragma once
+/// \file
+/// The op vocabulary: one plain descriptor struct per op, gathered in the `op_desc` variant.
+///
+/// A descriptor holds only the op's parameters (flags, axis, eps, ...); the tensors travel
+/// next to it as spans of `any_tensor_ref` in a fixed order documented on each struct
+/// ("in:" and "out:"). Descriptors are cheap values: backends may key caches on them
+/// (oneDNN keeps primitive descriptors per op key) and `supports()` answers per
+/// descriptor. Front-end functions in `mmfuse/ops/*.hpp` validate every shape before a
+/// backend sees the op, so backends may assume valid input.
+
+#include <cstdint>
+#include <string_view>
+#include <variant>
+
+#include "mmfuse/core/config.hpp"
+
+namespace mmfuse::inline v0::ops {
+
+/// Point-wise activations (PyTorch semantics).
+enum class unary_kind : std::uint8_t {
+    relu,       ///< max(x, 0); derivative 0 at x = 0 (PyTorch)
+    gelu_erf,   ///< x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); `nn.GELU()`
+    gelu_tanh,  ///< 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `nn.GELU('tanh')`
+    silu,       ///< x * sigmoid(x); `nn.SiLU`
+    sigmoid,    ///< 1 / (1 + exp(-x))
+    tanh,       ///< tanh(x)
+};
+
+/// Reductions over one axis.
+enum class reduce_kind : std::uint8_t { sum, mean };
+
+/// C = alpha * op(A) op(B) + beta * C, batched.
+/// in:  a (M, K) or (B, M, K) [(K, M) / (B, K, M) if transpose_a],
+///      b (K, N) or (B, K, N) [(N, K) / (B, N, K) if transpose_b];
+///      a rank-2 operand broadcasts over the batch of the other.
+/// out: c (M, N) or (B, M, N); read as well when beta != 0.
+struct matmul_desc {
+    bool transpose_a = false;
+    bool transpose_b = false;
+    double alpha = 1.0;
+    double beta = 0.0;
+    friend bool operator==(const matmul_desc&, const matmul_desc&) = default;
+};
+
+/// y = x + bias, bias broadcast over every axis but the last.
+/// in: x (..., N), bias (N).  out: y (..., N) (may be the same memory as x).
+struct bias_add_desc {
+    friend bool operator==(const bias_add_desc&, const bias_add_desc&) = default;
+};
+
+/// y = softmax(scale * x) over the last axis, positions where mask is false excluded.
+/// in: x (..., N) [, mask (..., N) of bool, true = keep; may be a broadcast view].
+/// out: y (..., N). A row whose mask is all false yields zeros (never NaN).
+struct softmax_desc {
+    double scale = 1.0;
+    bool masked = false;
+    friend bool operator==(const softmax_desc&, const softmax_desc&) = default;
+};
+
+/// dx = scale * y * (dy - sum(dy * y)) over the last axis (masked entries of y are 0, so
+/// their gradient is 0).  in: y (..., N), dy (..., N).  out: dx (..., N).
+struct softmax_backward_desc {
+    double scale = 1.0;
+    friend bool operator==(const softmax_backward_desc&, const softmax_backward_desc&) = default;
+};
+
+/// Layer normalisation over the last axis (`nn.LayerNorm(N, eps)`, biased variance).
+/// in: x (..., N) [, gamma (N) if affine [, beta (N) if bias]].
+/// out: y (..., N), mean (R), rstd (R) where R = numel / N (saved for backward).
+struct layer_norm_desc {
+    double eps = 1e-5;
+    bool affine = true;
+    bool bias = true;
+    friend bool operator==(const layer_norm_desc&, const layer_norm_desc&) = default;
+};
+
+/// Backward of `layer_norm_desc`.
+/// in: x (..., N), dy (..., N), mean (R), rstd (R) [, gamma (N) if affine].
+/// out: dx (..., N) [, dgamma (N) if affine [, dbeta (N) if bias]].
+/// Parameter gradients are added to the outputs when `accumulate`, else overwritten.
+struct layer_norm_backward_desc {
+    bool affine = true;
+    bool bias = true;
+    bool accumulate = false;
+    friend bool operator==(const layer_norm_backward_desc&, const layer_norm_backward_desc&) = default;
+};
+
+/// RMS normalisation over the last axis: y = x / sqrt(mean(x^2) + eps) * gamma
+/// (`nn.RMSNorm(N, eps)`). in: x (..., N) [, gamma (N) if affine]. out: y (..., N), rstd (R).
+struct rms_norm_desc {
+    double eps = 1e-6;
+    bool affine = true;
+    friend bool operator==(const rms_norm_desc&, const rms_norm_desc&) = default;
+};
+
+/// Backward of `rms_norm_desc`.
+/// in: x (..., N), dy (..., N), rstd (R) [, gamma (N)].  out: dx (..., N) [, dgamma (N)].
+struct rms_norm_backward_desc {
+    bool affine = true;
+    bool accumulate = false;
+    friend bool operator==(const rms_norm_backward_desc&, const rms_norm_backward_desc&) = default;
+};
+
+/// y = f(x) element-wise.  in: x.  out: y (same extents; may be the same memory as x).
+struct unary_desc {
+    unary_kind kind = unary_kind::relu;
+    friend bool operator==(const unary_desc&, const unary_desc&) = default;
+};
+
+/// dx = f'(x) * dy element-wise.  in: x, dy.  out: dx (same extents).
+struct unary_backward_desc {
+    unary_kind kind = unary_kind::relu;
+    friend bool operator==(const unary_backward_desc&, const unary_backward_desc&) = default;
+};
+
+/// Sum or mean over `axis`.  in: x.  out: y with `axis` removed or kept with extent 1.
+struct reduce_desc {
+    reduce_kind kind = reduce_kind::sum;
+    int axis = -1;
+    friend bool operator==(const reduce_desc&, const reduce_desc&) = default;
+};
+
+/// Concatenation along `axis`.  in: x0 ... xn-1 (equal extents except on axis).  out: y.
+struct concat_desc {
+    int axis = -1;
+    friend bool operator==(const concat_desc&, const concat_desc&) = default;
+};
+
+/// Split along `axis` (the inverse of concat).  in: x.  out: y0 ... yn-1.
+struct split_desc {
+    int axis = -1;
+    friend bool operator==(const split_desc&, const split_desc&) = default;
+};
+
+/// y = x with any strides on either side; converts between f32, f64, bf16 and f16.
+/// in: x.  out: y (same extents).
+struct copy_desc {
+    friend bool operator==(const copy_desc&, const copy_desc&) = default;
+};
+
+/// Every op a backend may be asked to execute.
+using op_desc = std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc,
+                             layer_norm_desc, layer_norm_backward_desc, rms_norm_desc,
+                             rms_norm_backward_desc, unary_desc, unary_backward_desc, reduce_desc,
+                             concat_desc, split_desc, copy_desc>;
+
+/// Human-readable op name for errors and benchmark labels ("matmul", "softmax_backward").
+constexpr std::string_view op_name(const op_desc& op) noexcept {
+    constexpr std::string_view names[] = {
+        "matmul",         "bias_add",           "softmax",          "softmax_backward",
+        "layer_norm",     "layer_norm_backward", "rms_norm",        "rms_norm_backward",
+        "unary",          "unary_backward",     "reduce",           "concat",
+        "split",          "copy"};
+    static_assert(std::size(names) == std::variant_size_v<op_desc>);
+    return names[op.index()];
+}
+
+/// Name of an activation ("relu", "gelu_erf", ...).
+constexpr std::string_view unary_name(unary_kind k) noexcept {
+    switch (k) {
+        case unary_kind::relu: return "relu";
+        case unary_kind::gelu_erf: return "gelu_erf";
+        case unary_kind::gelu_tanh: return "gelu_tanh";
+        case unary_kind::silu: return "silu";
+        case unary_kind::sigmoid: return "sigmoid";
+        case unary_kind::tanh: return "tanh";
+    }
+    return "?";
+}
+
+}  // namespace mmfuse::inline v0::ops
