@@ -228,4 +228,21 @@ struct shapes_compatible<shape<As...>, shape<Bs...>>
 template <class A, class B>
 concept compatible_shapes = detail::shapes_compatible<A, B>::value;
 
+/// Compile-time assertion that shape types `A` and `B` are `compatible_shapes`, for use at
+/// composition points (a layer's output feeding another's input). On a mismatch the build
+/// stops with "mmfuse: incompatible shapes ..." and the compiler names both shape types
+/// (and `Context`, typically the composing type, e.g. the user's block) in the
+/// instantiation note next to it. `value` is always true, so the check can sit in a
+/// `static_assert` or a `requires` clause:
+///
+///     static_assert(require_compatible_shapes<out_shape, in_shape, my_block>::value);
+template <class A, class B, class Context = void>
+struct require_compatible_shapes {
+    static_assert(compatible_shapes<A, B>,
+                  "mmfuse: incompatible shapes: A and B of this "
+                  "require_compatible_shapes<A, B, Context> differ in rank or in a static extent "
+                  "(two dims are compatible when either is dyn or both are equal)");
+    static constexpr bool value = true;
+};
+
 }  // namespace mmfuse::inline v0

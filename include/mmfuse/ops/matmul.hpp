@@ -39,9 +39,10 @@ void matmul(const op_context& cx, tensor_ref<const std::type_identity_t<T>> a,
                           "b " + b.extents().to_string());
     const bool batched = a.rank() == 3 || b.rank() == 3;
     if (a.rank() == 3 && b.rank() == 3 && a.extent(0) != b.extent(0))
-        throw shape_error(cx.module, "matmul batch of operand b",
-                          "batch " + std::to_string(a.extent(0)) + " like a " + a.extents().to_string(),
-                          "b " + b.extents().to_string());
+        throw shape_error(
+            cx.module, "matmul batch of operand b",
+            "batch " + std::to_string(a.extent(0)) + " like a " + a.extents().to_string(),
+            "b " + b.extents().to_string());
     const index_t batch = a.rank() == 3 ? a.extent(0) : (b.rank() == 3 ? b.extent(0) : 1);
     const extents expected = batched ? extents{batch, m, n} : extents{m, n};
     detail::expect_extents(cx, "matmul output c", c, expected);
