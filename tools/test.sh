@@ -18,7 +18,9 @@ echo "== Release build: every test"
 cmake -S "$root" -B "$build_root/release" -DCMAKE_BUILD_TYPE=Release \
     -DMMFUSE_BUILD_TESTS=ON -DMMFUSE_BUILD_EXAMPLES=ON -DMMFUSE_BUILD_BENCHMARKS=ON
 cmake --build "$build_root/release" -j "$jobs"
-ctest --test-dir "$build_root/release" --output-on-failure -j "$jobs"
+# A failure here is reported at the end, after the sanitizer stage has run too.
+release_status=0
+ctest --test-dir "$build_root/release" --output-on-failure -j "$jobs" || release_status=$?
 
 echo "== Debug build with AddressSanitizer + UndefinedBehaviorSanitizer: core, ops, interop"
 cmake -S "$root" -B "$build_root/asan" -DCMAKE_BUILD_TYPE=Debug \
@@ -29,4 +31,8 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
     ctest --test-dir "$build_root/asan" -L '^(core|ops|interop)$' --output-on-failure -j "$jobs"
 
+if [[ "$release_status" != "0" ]]; then
+    echo "== the Release tests FAILED (see above); the sanitizer tests passed" >&2
+    exit "$release_status"
+fi
 echo "== all tests passed"

@@ -69,8 +69,9 @@ TEST_CASE("half: float to half rounds to nearest even", "[core][dtype]") {
     int checked = 0;
     for (int i = 0; i < 200000; ++i) {
         // Random floats concentrated on the half range (normal and subnormal).
-        const float x = std::ldexp(float(bits(rng) & 0xffffff) / float(1 << 24),
-                                   int(bits(rng) % 42) - 26) * ((bits(rng) & 1) ? -1.0f : 1.0f);
+        const float x =
+            std::ldexp(float(bits(rng) & 0xffffff) / float(1 << 24), int(bits(rng) % 42) - 26) *
+            ((bits(rng) & 1) ? -1.0f : 1.0f);
         const half h(x);
         REQUIRE(is_nearest_even(double(x), h.bits, decode_half));
         ++checked;
@@ -78,7 +79,7 @@ TEST_CASE("half: float to half rounds to nearest even", "[core][dtype]") {
     REQUIRE(checked == 200000);
     REQUIRE(std::isinf(float(half(70000.0f))));
     REQUIRE(float(half(65504.0f)) == 65504.0f);
-    REQUIRE(std::isinf(float(half(65520.0f))));      // the rounding boundary to infinity
+    REQUIRE(std::isinf(float(half(65520.0f))));  // the rounding boundary to infinity
     REQUIRE(float(half(65519.0f)) == 65504.0f);
     REQUIRE(std::isnan(float(half(std::numeric_limits<float>::quiet_NaN()))));
     REQUIRE(half(-0.0f).bits == 0x8000);

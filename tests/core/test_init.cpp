@@ -21,36 +21,12 @@ using namespace mmfuse;
 
 namespace {
 
-struct summary {
-    double n = 0, mean = 0, m2 = 0, m4 = 0, max_abs = 0, min = 0, max = 0;
-};
-
-// Moments of t about `mu` (m2 = mean (x - mu)^2, m4 = mean (x - mu)^4).
-template <class T>
-summary summarize(const tensor<T>& t, double mu) {
-    summary s;
-    s.n = double(t.numel());
-    s.min = std::numeric_limits<double>::infinity();
-    s.max = -s.min;
-    for (index_t i = 0; i < t.numel(); ++i) {
-        const double x = double(t[i]), d = x - mu;
-        REQUIRE(std::isfinite(x));
-        s.mean += x;
-        s.m2 += d * d;
-        s.m4 += d * d * d * d;
-        s.max_abs = std::max(s.max_abs, std::abs(x));
-        s.min = std::min(s.min, x);
-        s.max = std::max(s.max, x);
-    }
-    s.mean /= s.n;
-    s.m2 /= s.n;
-    s.m4 /= s.n;
-    return s;
-}
+using mmfuse_test::moments;
+using mmfuse_test::sample_moments;
 
 // Mean within 6 sd of mu, and E(x - mu)^2 within 6 standard errors of var (the standard
 // error of a mean of (x - mu)^2 is sqrt(Var((x-mu)^2) / n), estimated from the sample).
-void require_moments(const summary& s, double mu, double var) {
+void require_moments(const moments& s, double mu, double var) {
     CAPTURE(s.n, s.mean, mu, s.m2, var, s.m4);
     REQUIRE(std::abs(s.mean - mu) <= 6.0 * std::sqrt(var / s.n));
     REQUIRE(std::abs(s.m2 - var) <= 6.0 * std::sqrt(std::max(s.m4 - s.m2 * s.m2, 0.0) / s.n));
@@ -59,7 +35,7 @@ void require_moments(const summary& s, double mu, double var) {
 // Max |w| <= bound (up to a 1e-12 relative difference in how the bound itself is rounded),
 // and max |w| >= bound (1 - 1e-3): for n >= 1e5 i.i.d. uniforms the chance of missing that
 // is (1 - 1e-3)^n < e^-100.
-void require_uniform_bound(const summary& s, double bound) {
+void require_uniform_bound(const moments& s, double bound) {
     CAPTURE(s.max_abs, bound);
     REQUIRE(s.max_abs <= bound * (1.0 + 1e-12));
     REQUIRE(s.max_abs >= bound * (1.0 - 1e-3));
@@ -131,7 +107,7 @@ TEMPLATE_TEST_CASE("init: xavier_uniform / xavier_normal", "[init]", float, doub
         philox_generator g(rng());
         init::xavier_uniform{.gain = gain}(g, w.ref());
         const double bound = gain * std::sqrt(6.0 / double(o + i));
-        const summary s = summarize(w, 0.0);
+        const moments s = sample_moments(w, 0.0);
         require_uniform_bound(s, bound);
         require_moments(s, 0.0, bound * bound / 3.0);
     }
@@ -141,7 +117,7 @@ TEMPLATE_TEST_CASE("init: xavier_uniform / xavier_normal", "[init]", float, doub
         philox_generator g(rng());
         init::xavier_normal{.gain = gain}(g, w.ref());
         const double sd = gain * std::sqrt(2.0 / double((o + i) * kh * kw));
-        require_moments(summarize(w, 0.0), 0.0, sd * sd);
+        require_moments(sample_moments(w, 0.0), 0.0, sd * sd);
     }
     SECTION("rank 1 throws shape_error naming the shape") {
         auto b = poisoned<T>({10});
@@ -165,7 +141,7 @@ TEMPLATE_TEST_CASE("init: kaiming_uniform / kaiming_normal", "[init]", float, do
         philox_generator g(rng());
         init::kaiming_uniform{}(g, w.ref());
         const double bound = std::sqrt(6.0 / fan_in);
-        const summary s = summarize(w, 0.0);
+        const moments s = sample_moments(w, 0.0);
         require_uniform_bound(s, bound);
         require_moments(s, 0.0, bound * bound / 3.0);
     }
@@ -175,17 +151,17 @@ TEMPLATE_TEST_CASE("init: kaiming_uniform / kaiming_normal", "[init]", float, do
         philox_generator g(rng());
         init::kaiming_uniform{.a = a, .mode = fan_mode::fan_out}(g, w.ref());
         const double bound = std::sqrt(3.0) * std::sqrt(2.0 / (1.0 + a * a)) / std::sqrt(fan_out);
-        require_uniform_bound(summarize(w, 0.0), bound);
+        require_uniform_bound(sample_moments(w, 0.0), bound);
     }
     SECTION("normal, relu, fan_out: std sqrt(2 / fan_out); tanh, fan_in: (5/3)/sqrt(fan_in)") {
         auto w = poisoned<T>({o, i, k, k});
         philox_generator g(rng());
         init::kaiming_normal{.mode = fan_mode::fan_out, .nonlinearity = nonlinearity::relu}(
             g, w.ref());
-        require_moments(summarize(w, 0.0), 0.0, 2.0 / fan_out);
+        require_moments(sample_moments(w, 0.0), 0.0, 2.0 / fan_out);
         init::kaiming_normal{.nonlinearity = nonlinearity::tanh}(g, w.ref());
         const double sd = (5.0 / 3.0) / std::sqrt(fan_in);
-        require_moments(summarize(w, 0.0), 0.0, sd * sd);
+        require_moments(sample_moments(w, 0.0), 0.0, sd * sd);
     }
     SECTION("rank 1 throws; zero-element weights are a no-op that draws nothing") {
         auto b = poisoned<T>({5});
@@ -209,10 +185,10 @@ TEMPLATE_TEST_CASE("init: linear_default = nn.Linear.reset_parameters", "[init]"
     philox_generator g(seed);
     init::linear_default{}(g, w.ref(), b.ref());
     const double bound = 1.0 / std::sqrt(double(i));
-    const summary sw = summarize(w, 0.0);
+    const moments sw = sample_moments(w, 0.0);
     require_uniform_bound(sw, bound);
     require_moments(sw, 0.0, bound * bound / 3.0);
-    const summary sb = summarize(b, 0.0);
+    const moments sb = sample_moments(b, 0.0);
     REQUIRE(sb.max_abs <= bound * (1.0 + 1e-12));
     REQUIRE(sb.max_abs > 0.0);
     // PyTorch order: weight first, then bias, from one stream.
@@ -257,8 +233,8 @@ TEST_CASE("init: erfinv inverts erf to double precision", "[init]") {
     }
 }
 
-TEMPLATE_TEST_CASE("init: trunc_normal stays in [a, b] with the truncated-normal moments", "[init]",
-                   float, double) {
+TEMPLATE_TEST_CASE("init: trunc_normal stays within a..b with the truncated-normal moments",
+                   "[init]", float, double) {
     using T = TestType;
     auto rng = mmfuse_test::make_rng(17);
     struct cfg {
@@ -277,7 +253,7 @@ TEMPLATE_TEST_CASE("init: trunc_normal stays in [a, b] with the truncated-normal
         philox_generator g(rng());
         init::trunc_normal{.mean = c.mean, .std = c.std, .a = c.a, .b = c.b}(g, w.ref());
         REQUIRE(g.offset() == uniform_words<T>(std::uint64_t(w.numel())));
-        const summary s0 = summarize(w, 0.0);
+        const moments s0 = sample_moments(w, 0.0);
         REQUIRE(s0.min >= c.a);
         REQUIRE(s0.max <= c.b);
         // Truncated-normal mean and variance (alpha, beta standardised bounds, Z = Phi(b)-Phi(a)).
@@ -287,7 +263,7 @@ TEMPLATE_TEST_CASE("init: trunc_normal stays in [a, b] with the truncated-normal
         const double vt = c.std * c.std *
                           (1.0 + (al * phi(al) - be * phi(be)) / Z -
                            ((phi(al) - phi(be)) / Z) * ((phi(al) - phi(be)) / Z));
-        require_moments(summarize(w, mt), mt, vt);
+        require_moments(sample_moments(w, mt), mt, vt);
     }
 }
 
@@ -300,13 +276,13 @@ TEST_CASE("init: uniform, normal, constant, zeros, ones on strided views", "[ini
     philox_generator g(seed);
     const double lo = -0.3 - double(rng() % 10), hi = 0.7 + double(rng() % 10);
     init::uniform{.lo = lo, .hi = hi}(g, v);
-    summary s;
+    moments s;
     {
         tensor<double> copy({1000, 200});
         for (index_t i = 0; i < 1000; ++i)
             for (index_t j = 0; j < 200; ++j)
                 copy(i, j) = v(i, j);
-        s = summarize(copy, 0.5 * (lo + hi));
+        s = sample_moments(copy, 0.5 * (lo + hi));
     }
     REQUIRE(s.min >= lo);
     REQUIRE(s.max < hi);
@@ -319,7 +295,7 @@ TEST_CASE("init: uniform, normal, constant, zeros, ones on strided views", "[ini
     tensor<float> w({400, 500});
     mmfuse_test::poison(w);
     init::normal{.mean = 2.0, .std = 0.5}(g, w.ref());
-    require_moments(summarize(w, 2.0), 2.0, 0.25);
+    require_moments(sample_moments(w, 2.0), 2.0, 0.25);
 
     const std::uint64_t before = g.offset();
     mmfuse_test::poison(buf);
@@ -336,13 +312,13 @@ TEST_CASE("init: uniform, normal, constant, zeros, ones on strided views", "[ini
         REQUIRE(w[i] == 1.0f);
     REQUIRE(g.offset() == before);  // constants draw nothing
 
-    REQUIRE_THROWS_AS((init::uniform{.lo = 1.0, .hi = 0.0}(g, w.ref())), mmfuse::error);
-    REQUIRE_THROWS_AS(init::normal{.std = -1.0}(g, w.ref()), mmfuse::error);
-    REQUIRE_THROWS_AS((init::trunc_normal{.a = 1.0, .b = -1.0}(g, w.ref())), mmfuse::error);
+    REQUIRE_THROWS_AS((init::uniform{.lo = 1.0, .hi = 0.0}(g, w.ref())), value_error);
+    REQUIRE_THROWS_AS(init::normal{.std = -1.0}(g, w.ref()), value_error);
+    REQUIRE_THROWS_AS((init::trunc_normal{.a = 1.0, .b = -1.0}(g, w.ref())), value_error);
     REQUIRE_THROWS_WITH((init::trunc_normal{.std = 0.0}(g, w.ref())), Catch::Contains("std > 0"));
 }
 
-TEST_CASE("init: same seed -> same parameters; different seed -> different", "[init]") {
+TEST_CASE("init: same seed gives the same parameters, another seed others", "[init]") {
     auto rng = mmfuse_test::make_rng(19);
     const std::uint64_t seed = rng();
     auto run = [&](std::uint64_t s) {

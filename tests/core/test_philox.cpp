@@ -126,32 +126,8 @@ double ref_uniform(std::uint64_t seed, std::uint64_t subseq, std::uint64_t base,
     }
 }
 
-// Sample moments about a known mean: mean, m2 = mean (x-mu)^2, m4 = mean (x-mu)^4.
-struct moments {
-    double mean = 0, m2 = 0, m3 = 0, m4 = 0, min = 0, max = 0;
-    double n = 0;
-};
-template <class T>
-moments sample_moments(const tensor<T>& t, double mu) {
-    moments m;
-    m.n = double(t.numel());
-    m.min = std::numeric_limits<double>::infinity();
-    m.max = -m.min;
-    for (index_t i = 0; i < t.numel(); ++i) {
-        const double x = double(t[i]), d = x - mu;
-        m.mean += x;
-        m.m2 += d * d;
-        m.m3 += d * d * d;
-        m.m4 += d * d * d * d;
-        m.min = std::min(m.min, x);
-        m.max = std::max(m.max, x);
-    }
-    m.mean /= m.n;
-    m.m2 /= m.n;
-    m.m3 /= m.n;
-    m.m4 /= m.n;
-    return m;
-}
+using mmfuse_test::moments;
+using mmfuse_test::sample_moments;
 
 std::uint64_t fresh_seed(std::uint64_t salt) {
     auto rng = mmfuse_test::make_rng(salt);
@@ -283,7 +259,7 @@ TEMPLATE_TEST_CASE("fill_uniform: element i = lo + (hi-lo) u_i, statistics of 1e
     }
 }
 
-TEST_CASE("fill_uniform: float rounding never leaves [lo, hi)", "[rng]") {
+TEST_CASE("fill_uniform: float rounding never leaves the half-open range lo..hi", "[rng]") {
     // u = 1 - 2^-24 (float): lo + (hi - lo) u rounds to hi in float for these bounds.
     const float u = u32_to_uniform_float(0xffffffffu);
     // With lo = 1, hi = 2: 2 - 2^-24 is a float tie between 2 - 2^-23 and 2, rounded to 2.
@@ -408,7 +384,7 @@ TEMPLATE_TEST_CASE("fills: one call == two halves with the right offsets", "[rng
 }
 
 TEMPLATE_TEST_CASE(
-    "fills: strided view == contiguous fill then gather; elements outside "
+    "fills: strided view == contiguous fill then gather, elements outside "
     "untouched",
     "[rng]", float, double) {
     using T = TestType;
@@ -489,13 +465,13 @@ TEST_CASE("philox: different seeds and subsequences give different streams", "[r
 TEST_CASE("fills: bad parameters and views throw", "[rng]") {
     philox_generator g(fresh_seed(8));
     tensor<float> t({4, 5});
-    REQUIRE_THROWS_AS(fill_uniform(g, t.ref(), 1.0, 0.0), mmfuse::error);
+    REQUIRE_THROWS_AS(fill_uniform(g, t.ref(), 1.0, 0.0), value_error);
     REQUIRE_THROWS_WITH(fill_uniform(g, t.ref(), 1.0, 0.0), Catch::Contains("lo <= hi"));
     REQUIRE_THROWS_AS(fill_uniform(g, t.ref(), 0.0, std::numeric_limits<double>::infinity()),
-                      mmfuse::error);
-    REQUIRE_THROWS_AS(fill_normal(g, t.ref(), 0.0, -1.0), mmfuse::error);
+                      value_error);
+    REQUIRE_THROWS_AS(fill_normal(g, t.ref(), 0.0, -1.0), value_error);
     REQUIRE_THROWS_WITH(fill_normal(g, t.ref(), 0.0, -1.0), Catch::Contains("std >= 0"));
-    REQUIRE_THROWS_AS(fill_normal(g, t.ref(), std::nan(""), 1.0), mmfuse::error);
+    REQUIRE_THROWS_AS(fill_normal(g, t.ref(), std::nan(""), 1.0), value_error);
     REQUIRE(g.offset() == 0);  // nothing drawn by failed calls
 
     // A broadcast view (stride 0 on an axis of extent > 1) would alias elements.

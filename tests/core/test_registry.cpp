@@ -14,9 +14,9 @@ TEST_CASE("registry: eigen is always compiled in and findable", "[core][backend]
     REQUIRE(eig.memory() == memory_space::host);
     REQUIRE(&reg.best() != nullptr);
     REQUIRE(reg.find("no-such-backend") == nullptr);
-    REQUIRE_THROWS_WITH(reg.get("no-such-backend"),
-                        Catch::Contains("no backend named 'no-such-backend'") &&
-                            Catch::Contains("eigen"));
+    REQUIRE_THROWS_WITH(
+        reg.get("no-such-backend"),
+        Catch::Contains("no backend named 'no-such-backend'") && Catch::Contains("eigen"));
     REQUIRE(&backend::default_stream().device() == &eig);
     auto s = eig.create_stream();
     REQUIRE(&s->device() == &eig);

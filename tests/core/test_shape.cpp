@@ -41,7 +41,8 @@ TEST_CASE("dim: static and dynamic values", "[core][shape]") {
 
 TEST_CASE("extents: rank, numel, negative axes, edits", "[core][shape]") {
     auto rng = mmfuse_test::make_rng(1);
-    const index_t a = 1 + index_t(rng() % 9), b = 1 + index_t(rng() % 9), c = 1 + index_t(rng() % 9);
+    const index_t a = 1 + index_t(rng() % 9), b = 1 + index_t(rng() % 9),
+                  c = 1 + index_t(rng() % 9);
     extents e{a, b, c};
     REQUIRE(e.rank() == 3);
     REQUIRE(e.numel() == a * b * c);

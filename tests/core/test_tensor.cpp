@@ -18,10 +18,13 @@ tensor<double> coded(index_t a, index_t b, index_t c) {
     tensor<double> t({a, b, c});
     for (index_t i = 0; i < a; ++i)
         for (index_t j = 0; j < b; ++j)
-            for (index_t k = 0; k < c; ++k) t[(i * b + j) * c + k] = double(i * 10000 + j * 100 + k);
+            for (index_t k = 0; k < c; ++k)
+                t[(i * b + j) * c + k] = double(i * 10000 + j * 100 + k);
     return t;
 }
-double code(index_t i, index_t j, index_t k) { return double(i * 10000 + j * 100 + k); }
+double code(index_t i, index_t j, index_t k) {
+    return double(i * 10000 + j * 100 + k);
+}
 }  // namespace
 
 TEST_CASE("tensor: zero-initialised, 64-byte aligned, move-only, deep clone", "[core][tensor]") {
@@ -30,7 +33,8 @@ TEST_CASE("tensor: zero-initialised, 64-byte aligned, move-only, deep clone", "[
     tensor<float> t({n, m});
     REQUIRE(t.numel() == n * m);
     REQUIRE(reinterpret_cast<std::uintptr_t>(t.data()) % host_alignment == 0);
-    for (index_t i = 0; i < t.numel(); ++i) REQUIRE(t[i] == 0.0f);
+    for (index_t i = 0; i < t.numel(); ++i)
+        REQUIRE(t[i] == 0.0f);
     t(n - 1, m - 1) = 3.5f;
     REQUIRE(t[n * m - 1] == 3.5f);
     tensor<float> c = t.clone();
@@ -68,7 +72,8 @@ TEST_CASE("tensor_ref: contiguous view and element access", "[core][tensor]") {
 TEST_CASE("tensor_ref: select, narrow, transpose are views with the right strides",
           "[core][tensor]") {
     auto rng = mmfuse_test::make_rng(3);
-    const index_t a = 2 + index_t(rng() % 4), b = 2 + index_t(rng() % 4), c = 2 + index_t(rng() % 4);
+    const index_t a = 2 + index_t(rng() % 4), b = 2 + index_t(rng() % 4),
+                  c = 2 + index_t(rng() % 4);
     auto t = coded(a, b, c);
     tensor_ref<double> v = t;
 
@@ -76,19 +81,22 @@ TEST_CASE("tensor_ref: select, narrow, transpose are views with the right stride
     auto s = v.select(1, j0);  // (a, c)
     REQUIRE(s.extents() == extents{a, c});
     for (index_t i = 0; i < a; ++i)
-        for (index_t k = 0; k < c; ++k) REQUIRE(s(i, k) == code(i, j0, k));
+        for (index_t k = 0; k < c; ++k)
+            REQUIRE(s(i, k) == code(i, j0, k));
 
     auto n = v.narrow(2, 1, c - 1);  // (a, b, c-1)
     REQUIRE_FALSE(n.is_contiguous());
     for (index_t i = 0; i < a; ++i)
         for (index_t j = 0; j < b; ++j)
-            for (index_t k = 0; k < c - 1; ++k) REQUIRE(n(i, j, k) == code(i, j, k + 1));
+            for (index_t k = 0; k < c - 1; ++k)
+                REQUIRE(n(i, j, k) == code(i, j, k + 1));
 
     auto tr = v.transpose(0, 2);  // (c, b, a)
     REQUIRE(tr.extents() == extents{c, b, a});
     for (index_t i = 0; i < a; ++i)
         for (index_t j = 0; j < b; ++j)
-            for (index_t k = 0; k < c; ++k) REQUIRE(tr(k, j, i) == code(i, j, k));
+            for (index_t k = 0; k < c; ++k)
+                REQUIRE(tr(k, j, i) == code(i, j, k));
 
     s(0, 0) = -1.0;  // writes go through to the owner
     REQUIRE(t(0, j0, 0) == -1.0);
@@ -103,7 +111,8 @@ TEST_CASE("tensor_ref: reshape, unsqueeze, expand", "[core][tensor]") {
     tensor_ref<double> v = t;
     auto r = v.reshape({6, 4});
     REQUIRE(r(4, 3) == code(1, 1, 3));
-    REQUIRE_THROWS_WITH(v.reshape({5, 5}), Catch::Contains("24 elements") && Catch::Contains("(5, 5)"));
+    REQUIRE_THROWS_WITH(v.reshape({5, 5}),
+                        Catch::Contains("24 elements") && Catch::Contains("(5, 5)"));
     REQUIRE_THROWS_WITH(v.transpose(0, 1).reshape({24}), Catch::Contains("contiguous"));
 
     auto u = v.select(0, 1).unsqueeze(1);  // (3, 1, 4)
@@ -116,7 +125,8 @@ TEST_CASE("tensor_ref: reshape, unsqueeze, expand", "[core][tensor]") {
     REQUIRE(e.stride(1) == 0);
     for (index_t i = 0; i < 5; ++i)
         for (index_t j = 0; j < 3; ++j)
-            for (index_t k = 0; k < 4; ++k) REQUIRE(e(i, j, k) == code(0, 2, k));
+            for (index_t k = 0; k < 4; ++k)
+                REQUIRE(e(i, j, k) == code(0, 2, k));
     auto e2 = u.expand({3, 7, 4});  // stretch the extent-1 axis
     REQUIRE(e2(1, 6, 2) == code(1, 1, 2));
     REQUIRE_THROWS_AS(u.expand({3, 7, 5}), shape_error);
@@ -145,8 +155,8 @@ TEST_CASE("any_tensor_ref: erases and restores dtype, shape and strides", "[core
     auto back = any.as<double>();
     REQUIRE(back.data() == tr.data());
     REQUIRE(back(1, 3, 2) == code(1, 2, 3));
-    REQUIRE_THROWS_WITH(any.as<float>(), Catch::Contains("expected dtype f32") &&
-                                             Catch::Contains("got dtype f64"));
+    REQUIRE_THROWS_WITH(any.as<float>(),
+                        Catch::Contains("expected dtype f32") && Catch::Contains("got dtype f64"));
 }
 
 TEST_CASE("check_extents names module, expected and actual", "[core][tensor]") {

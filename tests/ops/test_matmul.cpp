@@ -13,11 +13,11 @@
 
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/ops/matmul.hpp"
-#include "strided_views.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using namespace mmfuse;
-using ops_test::layout;
+using namespace mmfuse_test;
 
 namespace {
 
@@ -97,39 +97,34 @@ TEMPLATE_TEST_CASE("matmul matches a double loop for transposes, batching, alpha
                                       sh[2],     (t & 1) != 0, (t & 2) != 0, ab[0], ab[1]};
                     // Cycle through all 5 x 5 x 4 operand layouts.
                     const int combo = counter++ % 100;
-                    const layout la = ops_test::all_layouts[std::size_t(combo % 5)];
-                    const layout lb = ops_test::all_layouts[std::size_t(combo / 5 % 5)];
-                    const layout lc = ops_test::output_layouts[std::size_t(combo / 25)];
-                    auto a = ops_test::make_view<T>(
-                        operand_extents(g.a_rank, g.batch, g.m, g.k, g.ta), la);
-                    auto b = ops_test::make_view<T>(
-                        operand_extents(g.b_rank, g.batch, g.k, g.n, g.tb), lb);
+                    const layout la = pick(input_layouts, combo);
+                    const layout lb = pick(input_layouts, combo / 5);
+                    const layout lc = pick(output_layouts, combo / 25);
+                    strided_operand<T> a(operand_extents(g.a_rank, g.batch, g.m, g.k, g.ta), la);
+                    strided_operand<T> b(operand_extents(g.b_rank, g.batch, g.k, g.n, g.tb), lb);
                     const bool batched = g.a_rank == 3 || g.b_rank == 3;
-                    auto c = ops_test::make_view<T>(
-                        batched ? extents{g.batch, g.m, g.n} : extents{g.m, g.n}, lc);
+                    strided_operand<T> c(batched ? extents{g.batch, g.m, g.n} : extents{g.m, g.n},
+                                         lc);
                     a.fill_random(rng);
                     b.fill_random(rng);
                     if (g.beta == 0.0)
                         c.poison();
                     else
                         c.sentinel_then_random(rng);
-                    const std::vector<double> c0 = ops_test::values(c.view);
+                    const std::vector<double> c0 = c.values();
 
-                    ops::matmul(s, a.cview(), b.cview(), c.view,
+                    ops::matmul(s, a.cref(), b.cref(), c.ref(),
                                 ops::matmul_desc{g.ta, g.tb, g.alpha, g.beta});
 
-                    const std::vector<double> ref = reference(g, a.cview(), b.cview(), c0);
-                    const std::vector<double> got = ops_test::values(c.view);
-                    const double err = mmfuse_test::max_rel_error(std::span<const double>(got),
-                                                                  std::span<const double>(ref));
+                    const std::vector<double> ref = reference(g, a.cref(), b.cref(), c0);
+                    const double err = mmfuse_test::max_rel_error(c.values(), ref);
                     worst = std::max(worst, err);
-                    INFO("a " << a.view.describe() << " (" << ops_test::layout_name(la) << "), b "
-                              << b.view.describe() << " (" << ops_test::layout_name(lb) << "), c "
-                              << c.view.describe() << " (" << ops_test::layout_name(lc)
-                              << "), transpose " << g.ta << g.tb << ", alpha " << g.alpha
-                              << ", beta " << g.beta);
+                    INFO("a " << a.cref().describe() << " (" << layout_name(la) << "), b "
+                              << b.cref().describe() << " (" << layout_name(lb) << "), c "
+                              << c.cref().describe() << " (" << layout_name(lc) << "), transpose "
+                              << g.ta << g.tb << ", alpha " << g.alpha << ", beta " << g.beta);
                     REQUIRE(err <= mmfuse_test::tolerance<T>());
-                    REQUIRE(c.outside_untouched());
+                    REQUIRE(c.outside_intact());
                 }
     INFO("worst relative error " << worst);
     CHECK(worst <= mmfuse_test::tolerance<T>());

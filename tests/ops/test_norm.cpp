@@ -11,19 +11,18 @@
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/ops/norm.hpp"
-#include "support/parity.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using mmfuse::extents;
 using mmfuse::index_t;
 using mmfuse::tensor_ref;
 using mmfuse_test::layout;
+using mmfuse_test::max_rel_error;
 using mmfuse_test::strided_operand;
 using mmfuse_test::uniform_values;
 
 namespace {
-
-constexpr layout all_layouts[] = {layout::contiguous, layout::padded, layout::reversed};
 
 /// Which normalisation a test runs: layer norm (centred) or RMS norm.
 enum class norm_kind { layer, rms };
@@ -130,10 +129,6 @@ void run_backward(norm_kind k, const mmfuse::ops::op_context& cx, tensor_ref<con
         mmfuse::ops::rms_norm_backward(cx, x, dy, rstd, gamma, dx, dgamma, accumulate);
 }
 
-double err(const std::vector<double>& got, const std::vector<double>& ref) {
-    return mmfuse_test::max_rel_error(std::span<const double>(got), std::span<const double>(ref));
-}
-
 const std::vector<extents> shapes = {{9}, {4, 7}, {2, 3, 40}, {3, 1, 2, 5}, {5, 1}};
 
 }  // namespace
@@ -146,7 +141,7 @@ TEMPLATE_TEST_CASE("layer_norm and rms_norm forward match a double-precision loo
     for (norm_kind k : {norm_kind::layer, norm_kind::rms})
         for (affine_cfg a : cfgs(k))
             for (const extents& e : shapes)
-                for (layout l : all_layouts) {
+                for (layout l : mmfuse_test::uniform_layouts) {
                     CAPTURE(kind_name(k), a.gamma, a.beta, e.to_string(),
                             mmfuse_test::layout_name(l));
                     const index_t n = e[-1], rows = e.numel() / n;
@@ -163,9 +158,9 @@ TEMPLATE_TEST_CASE("layer_norm and rms_norm forward match a double-precision loo
                     const auto r =
                         ref_norm(k, x.values(), a.gamma ? g.values() : std::vector<double>{},
                                  a.beta ? b.values() : std::vector<double>{}, n, eps);
-                    CHECK(err(y.values(), r.y) <= tol);
-                    CHECK(err(rstd.values(), r.rstd) <= tol);
-                    if (k == norm_kind::layer) CHECK(err(mean.values(), r.mean) <= tol);
+                    CHECK(max_rel_error(y.values(), r.y) <= tol);
+                    CHECK(max_rel_error(rstd.values(), r.rstd) <= tol);
+                    if (k == norm_kind::layer) CHECK(max_rel_error(mean.values(), r.mean) <= tol);
                     CHECK(y.outside_intact());
                     CHECK(rstd.outside_intact());
                 }
@@ -179,7 +174,7 @@ TEMPLATE_TEST_CASE("layer_norm and rms_norm backward match the Jacobian, overwri
     for (norm_kind k : {norm_kind::layer, norm_kind::rms})
         for (affine_cfg a : cfgs(k))
             for (const extents& e : shapes)
-                for (layout l : all_layouts)
+                for (layout l : mmfuse_test::uniform_layouts)
                     for (bool accumulate : {false, true}) {
                         CAPTURE(kind_name(k), a.gamma, a.beta, e.to_string(),
                                 mmfuse_test::layout_name(l), accumulate);
@@ -212,9 +207,9 @@ TEMPLATE_TEST_CASE("layer_norm and rms_norm backward match the Jacobian, overwri
                                 r.dgamma[j] += double(TestType(dg0[j]));
                                 r.dbeta[j] += double(TestType(db0[j]));
                             }
-                        CHECK(err(dx.values(), r.dx) <= tol);
-                        if (a.gamma) CHECK(err(dg.values(), r.dgamma) <= tol);
-                        if (a.beta) CHECK(err(db.values(), r.dbeta) <= tol);
+                        CHECK(max_rel_error(dx.values(), r.dx) <= tol);
+                        if (a.gamma) CHECK(max_rel_error(dg.values(), r.dgamma) <= tol);
+                        if (a.beta) CHECK(max_rel_error(db.values(), r.dbeta) <= tol);
                         if (!a.beta) CHECK(db.outside_intact());  // untouched when absent
                         CHECK(dx.outside_intact());
                         CHECK(dg.outside_intact());

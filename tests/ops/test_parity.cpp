@@ -1,6 +1,6 @@
 // Parity of every op in op_desc.hpp: each case runs on every compiled-in host backend
 // against the Eigen reference, and — meaningful even with eigen alone — on eigen with its
-// operands in padded and axis-reversed (transposed-copy) layouts and on a second eigen
+// operands in gapped and axis-reversed (transposed-copy) layouts and on a second eigen
 // stream, which must all agree with the contiguous run (a layout-invariance test).
 
 #include <catch2/catch.hpp>
@@ -14,6 +14,7 @@
 #include "mmfuse/ops/layout.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
+#include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/pointwise.hpp"
 #include "mmfuse/ops/reduce.hpp"
 #include "mmfuse/ops/softmax.hpp"
@@ -59,6 +60,14 @@ std::vector<op_case> all_cases() {
         auto& y = r.output<T>({2, 3, 8});
         ops::bias_add(r.stream, x.cref(), b.cref(), y.ref());
     });
+    for (ops::binary_kind k : {ops::binary_kind::add, ops::binary_kind::sub, ops::binary_kind::mul}) {
+        add("binary " + std::to_string(int(k)), ops::binary_desc{k}, [k]<class T>(case_run& r) {
+            auto& a = r.input<T>({2, 3, 8});
+            auto& b = r.input<T>({3, 8});  // broadcast over the leading axis
+            auto& y = r.output<T>({2, 3, 8});
+            ops::binary(r.stream, k, a.cref(), b.cref(), y.ref());
+        });
+    }
     for (ops::unary_kind k :
          {ops::unary_kind::relu, ops::unary_kind::gelu_erf, ops::unary_kind::gelu_tanh,
           ops::unary_kind::silu, ops::unary_kind::sigmoid, ops::unary_kind::tanh}) {
@@ -199,7 +208,7 @@ void explain_backends() {
     if (reg.devices().size() == 1)
         WARN(
             "[parity] only the eigen backend is compiled in: cross-backend parity is vacuous; "
-            "checking eigen layout invariance (padded, reversed layouts, second stream) only");
+            "checking eigen layout invariance (gapped, reversed layouts, second stream) only");
     else
         INFO("[parity] backends compiled in: " << reg.names());
 }
@@ -311,7 +320,7 @@ TEST_CASE("the parity driver catches layout-dependent kernels and faulty backend
                                              y.ref().data()[i] = x.cref().data()[i] + T(i);
                                      });
     const auto rb = mmfuse_test::parity::check_parity(broken, mmfuse::dtype::f64, seed);
-    CHECK(rb.failures.size() >= 2);  // padded and reversed layouts
+    CHECK(rb.failures.size() >= 2);  // gapped and reversed layouts
 
     mock_device good("mock-good", false), bad("mock-faulty", true);
     const std::vector<mmfuse::backend::device*> devices{&eigen, &good, &bad};

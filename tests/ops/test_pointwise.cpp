@@ -14,31 +14,36 @@
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/ops/activation_math.hpp"
 #include "mmfuse/ops/pointwise.hpp"
-#include "strided_views.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using namespace mmfuse;
+using namespace mmfuse_test;
 using ops::unary_kind;
-using ops_test::layout;
 
 namespace {
 
-constexpr std::array<unary_kind, 6> all_kinds{unary_kind::relu,    unary_kind::gelu_erf,
+constexpr std::array<unary_kind, 6> all_kinds{unary_kind::relu,      unary_kind::gelu_erf,
                                               unary_kind::gelu_tanh, unary_kind::silu,
-                                              unary_kind::sigmoid, unary_kind::tanh};
+                                              unary_kind::sigmoid,   unary_kind::tanh};
 
 const double pi = std::acos(-1.0);
 
 /// f(x), written from the definitions (PyTorch docs), in double.
 double ref_value(unary_kind k, double x) {
     switch (k) {
-        case unary_kind::relu: return x > 0.0 ? x : 0.0;
-        case unary_kind::gelu_erf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+        case unary_kind::relu:
+            return x > 0.0 ? x : 0.0;
+        case unary_kind::gelu_erf:
+            return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
         case unary_kind::gelu_tanh:
             return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (x + 0.044715 * x * x * x)));
-        case unary_kind::silu: return x / (1.0 + std::exp(-x));
-        case unary_kind::sigmoid: return 1.0 / (1.0 + std::exp(-x));
-        case unary_kind::tanh: return std::tanh(x);
+        case unary_kind::silu:
+            return x / (1.0 + std::exp(-x));
+        case unary_kind::sigmoid:
+            return 1.0 / (1.0 + std::exp(-x));
+        case unary_kind::tanh:
+            return std::tanh(x);
     }
     return 0.0;
 }
@@ -46,9 +51,11 @@ double ref_value(unary_kind k, double x) {
 /// f'(x) differentiated by hand, in double.
 double ref_derivative(unary_kind k, double x) {
     switch (k) {
-        case unary_kind::relu: return x > 0.0 ? 1.0 : 0.0;
+        case unary_kind::relu:
+            return x > 0.0 ? 1.0 : 0.0;
         case unary_kind::gelu_erf:
-            return 0.5 * std::erfc(-x / std::sqrt(2.0)) + x * std::exp(-x * x / 2.0) / std::sqrt(2.0 * pi);
+            return 0.5 * std::erfc(-x / std::sqrt(2.0)) +
+                   x * std::exp(-x * x / 2.0) / std::sqrt(2.0 * pi);
         case unary_kind::gelu_tanh: {
             const double c = std::sqrt(2.0 / pi);
             const double sech = 1.0 / std::cosh(c * (x + 0.044715 * x * x * x));
@@ -71,9 +78,9 @@ double ref_derivative(unary_kind k, double x) {
     return 0.0;
 }
 
-const std::array<extents, 7> shapes{extents{}, extents{7},       extents{3, 5},
-                                     extents{2, 3, 17}, extents{0, 4}, extents{4, 0, 3},
-                                     extents{2, 1, 3, 2}};
+const std::array<extents, 7> shapes{extents{},          extents{7},    extents{3, 5},
+                                    extents{2, 3, 17},  extents{0, 4}, extents{4, 0, 3},
+                                    extents{2, 1, 3, 2}};
 
 }  // namespace
 
@@ -87,38 +94,29 @@ TEMPLATE_TEST_CASE("unary and unary_backward match the formulas for every layout
         for (const extents& e : shapes)
             for (int rep = 0; rep < 5; ++rep) {
                 const int combo = counter++;
-                const layout lx = ops_test::all_layouts[std::size_t(combo % 5)];
-                const layout ld = ops_test::all_layouts[std::size_t(combo / 5 % 5)];
-                const layout ly = ops_test::output_layouts[std::size_t(combo / 3 % 4)];
-                auto x = ops_test::make_view<T>(e, lx);
-                auto dy = ops_test::make_view<T>(e, ld);
-                auto y = ops_test::make_view<T>(e, ly);
-                auto dx = ops_test::make_view<T>(e, ly);
+                const layout lx = pick(input_layouts, combo);
+                const layout ld = pick(input_layouts, combo / 5);
+                const layout ly = pick(output_layouts, combo / 3);
+                strided_operand<T> x(e, lx), dy(e, ld), y(e, ly), dx(e, ly);
                 x.fill_random(rng, -4.0, 4.0);
                 dy.fill_random(rng);
                 y.poison();
                 dx.poison();
-                ops::unary(s, kind, x.cview(), y.view);
-                ops::unary_backward(s, kind, x.cview(), dy.cview(), dx.view);
+                ops::unary(s, kind, x.cref(), y.ref());
+                ops::unary_backward(s, kind, x.cref(), dy.cref(), dx.ref());
 
-                const auto xs = ops_test::values(x.view), dys = ops_test::values(dy.view);
+                const auto xs = x.values(), dys = dy.values();
                 std::vector<double> ry(xs.size()), rdx(xs.size());
                 for (std::size_t i = 0; i < xs.size(); ++i) {
                     ry[i] = ref_value(kind, xs[i]);
                     rdx[i] = ref_derivative(kind, xs[i]) * dys[i];
                 }
-                const auto gy = ops_test::values(y.view), gdx = ops_test::values(dx.view);
-                INFO(ops::unary_name(kind) << " x " << x.view.describe() << " ("
-                                           << ops_test::layout_name(lx) << "), y "
-                                           << y.view.describe());
-                REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(gy),
-                                                   std::span<const double>(ry)) <=
-                        mmfuse_test::tolerance<T>());
-                REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(gdx),
-                                                   std::span<const double>(rdx)) <=
-                        mmfuse_test::tolerance<T>());
-                REQUIRE(y.outside_untouched());
-                REQUIRE(dx.outside_untouched());
+                INFO(ops::unary_name(kind) << " x " << x.cref().describe() << " ("
+                                           << layout_name(lx) << "), y " << y.cref().describe());
+                REQUIRE(max_rel_error(y.values(), ry) <= mmfuse_test::tolerance<T>());
+                REQUIRE(max_rel_error(dx.values(), rdx) <= mmfuse_test::tolerance<T>());
+                REQUIRE(y.outside_intact());
+                REQUIRE(dx.outside_intact());
             }
 }
 
@@ -127,37 +125,31 @@ TEMPLATE_TEST_CASE("unary and unary_backward work in place", "[ops][pointwise]",
     auto rng = mmfuse_test::make_rng(202);
     auto& s = backend::default_stream();
     for (const unary_kind kind : all_kinds)
-        for (const layout l : ops_test::output_layouts) {
+        for (const layout l : output_layouts) {
             // y = f(x) into x's own memory.
-            auto x = ops_test::make_view<T>({3, 4, 5}, l);
+            strided_operand<T> x({3, 4, 5}, l);
             x.fill_random(rng, -3.0, 3.0);
-            const auto xs = ops_test::values(x.view);
-            ops::unary(s, kind, x.cview(), x.view);
+            const auto xs = x.values();
+            ops::unary(s, kind, x.cref(), x.ref());
             std::vector<double> ry(xs.size());
-            for (std::size_t i = 0; i < xs.size(); ++i) ry[i] = ref_value(kind, xs[i]);
-            const auto gy = ops_test::values(x.view);
-            INFO(ops::unary_name(kind) << " " << ops_test::layout_name(l));
-            REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(gy),
-                                               std::span<const double>(ry)) <=
-                    mmfuse_test::tolerance<T>());
+            for (std::size_t i = 0; i < xs.size(); ++i)
+                ry[i] = ref_value(kind, xs[i]);
+            INFO(ops::unary_name(kind) << " " << layout_name(l));
+            REQUIRE(max_rel_error(x.values(), ry) <= mmfuse_test::tolerance<T>());
             // dx = f'(x) dy into dy's memory, then into x's memory.
-            auto x2 = ops_test::make_view<T>({3, 4, 5}, l);
-            auto g = ops_test::make_view<T>({3, 4, 5}, l);
+            strided_operand<T> x2({3, 4, 5}, l), g({3, 4, 5}, l);
             x2.fill_random(rng, -3.0, 3.0);
             g.fill_random(rng);
-            const auto x2s = ops_test::values(x2.view), gs = ops_test::values(g.view);
+            const auto x2s = x2.values(), gs = g.values();
             std::vector<double> rdx(gs.size());
-            for (std::size_t i = 0; i < gs.size(); ++i) rdx[i] = ref_derivative(kind, x2s[i]) * gs[i];
-            ops::unary_backward(s, kind, x2.cview(), g.cview(), g.view);
-            REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(ops_test::values(g.view)),
-                                               std::span<const double>(rdx)) <=
-                    mmfuse_test::tolerance<T>());
-            ops::unary_backward(s, kind, x2.cview(), g.cview(), x2.view);
+            for (std::size_t i = 0; i < gs.size(); ++i)
+                rdx[i] = ref_derivative(kind, x2s[i]) * gs[i];
+            ops::unary_backward(s, kind, x2.cref(), g.cref(), g.ref());
+            REQUIRE(max_rel_error(g.values(), rdx) <= mmfuse_test::tolerance<T>());
+            ops::unary_backward(s, kind, x2.cref(), g.cref(), x2.ref());
             for (std::size_t i = 0; i < gs.size(); ++i)
                 rdx[i] = ref_derivative(kind, x2s[i]) * rdx[i];
-            REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(ops_test::values(x2.view)),
-                                               std::span<const double>(rdx)) <=
-                    10 * mmfuse_test::tolerance<T>());
+            REQUIRE(max_rel_error(x2.values(), rdx) <= 10 * mmfuse_test::tolerance<T>());
         }
 }
 
@@ -185,7 +177,7 @@ TEST_CASE("unary_backward matches central finite differences of unary in double"
         for (index_t i = 0; i < x.numel(); ++i)
             fd[std::size_t(i)] = (yp[i] - ym[i]) / (2 * h) * dy[i];
         INFO(ops::unary_name(kind));
-        REQUIRE(mmfuse_test::max_rel_error(dx, fd) <= 1e-8);
+        REQUIRE(max_rel_error(dx, fd) <= 1e-8);
     }
 }
 
@@ -193,7 +185,7 @@ TEMPLATE_TEST_CASE("activations saturate without NaN for large |x|", "[ops][poin
                    double) {
     using T = TestType;
     auto& s = backend::default_stream();
-    const T big = std::is_same_v<T, float> ? T(100) : T(1000);  // exp(big) overflows
+    const T big = std::is_same_v<T, float> ? T(100) : T(1000);     // exp(big) overflows
     const T huge = std::is_same_v<T, float> ? T(1e20) : T(1e200);  // x^2 overflows
     tensor<T> x({4}), y({4}), dy({4}), dx({4});
     x[0] = big;
@@ -249,34 +241,31 @@ TEMPLATE_TEST_CASE("bias_add matches a double loop for every layout and in place
     using T = TestType;
     auto rng = mmfuse_test::make_rng(204);
     auto& s = backend::default_stream();
-    const std::array<extents, 6> xshapes{extents{5},    extents{3, 4},    extents{2, 3, 6},
-                                         extents{2, 0, 3}, extents{0},   extents{2, 2, 1, 3}};
+    const std::array<extents, 6> xshapes{extents{5},       extents{3, 4}, extents{2, 3, 6},
+                                         extents{2, 0, 3}, extents{0},    extents{2, 2, 1, 3}};
     int counter = 0;
     for (const extents& e : xshapes)
         for (int rep = 0; rep < 8; ++rep) {
             const int combo = counter++;
-            const layout lx = ops_test::all_layouts[std::size_t(combo % 5)];
-            const layout lb = ops_test::all_layouts[std::size_t(combo / 2 % 5)];
-            const layout ly = ops_test::output_layouts[std::size_t(combo / 3 % 4)];
+            const layout lx = pick(input_layouts, combo);
+            const layout lb = pick(input_layouts, combo / 2);
+            const layout ly = pick(output_layouts, combo / 3);
             const bool in_place = rep == 7;
-            auto x = ops_test::make_view<T>(e, in_place ? ly : lx);
-            auto bias = ops_test::make_view<T>({e[-1]}, lb);
-            auto y = ops_test::make_view<T>(e, ly);
+            strided_operand<T> x(e, in_place ? ly : lx), bias({e[-1]}, lb), y(e, ly);
             x.fill_random(rng);
             bias.fill_random(rng);
             y.poison();
-            const auto xs = ops_test::values(x.view), bs = ops_test::values(bias.view);
-            const tensor_ref<T> out = in_place ? x.view : y.view;
-            ops::bias_add(s, x.cview(), bias.cview(), out);
+            const auto xs = x.values(), bs = bias.values();
+            const tensor_ref<T> out = in_place ? x.ref() : y.ref();
+            ops::bias_add(s, x.cref(), bias.cref(), out);
             std::vector<double> ref(xs.size());
             const std::size_t n = std::size_t(e[-1]);
-            for (std::size_t i = 0; i < xs.size(); ++i) ref[i] = xs[i] + bs[i % n];
-            INFO("x " << x.view.describe() << " bias " << bias.view.describe() << " y "
+            for (std::size_t i = 0; i < xs.size(); ++i)
+                ref[i] = xs[i] + bs[i % n];
+            INFO("x " << x.cref().describe() << " bias " << bias.cref().describe() << " y "
                       << out.describe() << (in_place ? " in place" : ""));
-            REQUIRE(mmfuse_test::max_rel_error(std::span<const double>(ops_test::values(out)),
-                                               std::span<const double>(ref)) <=
-                    mmfuse_test::tolerance<T>());
-            if (!in_place) REQUIRE(y.outside_untouched());
+            REQUIRE(max_rel_error(mmfuse_test::to_vector(out), ref) <= mmfuse_test::tolerance<T>());
+            REQUIRE((in_place ? x : y).outside_intact());
         }
 }
 
@@ -288,11 +277,11 @@ TEST_CASE("point-wise front-ends reject bad operands, naming the module and both
     tensor<double> x({2, 3, 4}), b4({4}), b5({5}), y({2, 3, 4}), ybad({2, 4, 3}), scalar(extents{});
     REQUIRE_THROWS_AS(ops::bias_add(cx, x.cref(), b5.cref(), y.ref()), shape_error);
     REQUIRE_THROWS_WITH(ops::bias_add(cx, x.cref(), b5.cref(), y.ref()),
-                        Contains("fusion.gate") && Contains("bias_add bias") &&
-                            Contains("(4)") && Contains("(5)") && Contains("(2, 3, 4)"));
-    REQUIRE_THROWS_WITH(ops::bias_add(cx, x.cref(), b4.cref(), ybad.ref()),
-                        Contains("bias_add output y") && Contains("(2, 3, 4)") &&
-                            Contains("(2, 4, 3)"));
+                        Contains("fusion.gate") && Contains("bias_add bias") && Contains("(4)") &&
+                            Contains("(5)") && Contains("(2, 3, 4)"));
+    REQUIRE_THROWS_WITH(
+        ops::bias_add(cx, x.cref(), b4.cref(), ybad.ref()),
+        Contains("bias_add output y") && Contains("(2, 3, 4)") && Contains("(2, 4, 3)"));
     REQUIRE_THROWS_WITH(ops::bias_add(cx, x.cref(), x.cref(), y.ref()),
                         Contains("bias_add bias") && Contains("rank 1"));
     REQUIRE_THROWS_WITH(ops::bias_add(cx, scalar.cref(), b4.cref(), scalar.ref()),
@@ -306,9 +295,10 @@ TEST_CASE("point-wise front-ends reject bad operands, naming the module and both
     REQUIRE_THROWS_WITH(ops::unary(cx, unary_kind::relu, null_x, y.ref()), Contains("null"));
     REQUIRE_THROWS_WITH(ops::unary_backward(cx, unary_kind::silu, x.cref(), ybad.cref(), y.ref()),
                         Contains("unary_backward gradient dy") && Contains("(2, 4, 3)"));
-    REQUIRE_THROWS_WITH(ops::unary_backward(cx, unary_kind::silu, x.cref(), y.cref(), ybad.ref()),
-                        Contains("unary_backward output dx") && Contains("(2, 3, 4)") &&
-                            Contains("(2, 4, 3)"));
+    REQUIRE_THROWS_WITH(
+        ops::unary_backward(cx, unary_kind::silu, x.cref(), y.cref(), ybad.ref()),
+        Contains("unary_backward output dx") && Contains("(2, 3, 4)") && Contains("(2, 4, 3)"));
     // Nothing was written by a rejected call.
-    for (index_t i = 0; i < y.numel(); ++i) REQUIRE(y[i] == 0.0);
+    for (index_t i = 0; i < y.numel(); ++i)
+        REQUIRE(y[i] == 0.0);
 }

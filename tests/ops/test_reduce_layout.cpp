@@ -5,20 +5,25 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <new>
 #include <random>
 #include <span>
 #include <vector>
 
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/ops/layout.hpp"
+#include "mmfuse/ops/matmul.hpp"
+#include "mmfuse/ops/pointwise.hpp"
 #include "mmfuse/ops/reduce.hpp"
-#include "strided_views.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using namespace mmfuse;
-using ops_test::layout;
+using namespace mmfuse_test;
 
 namespace {
 
@@ -37,13 +42,13 @@ index_array unravel(index_t flat, const extents& e) {
 /// Row-major flat index of `idx` in `e`.
 index_t ravel(const index_array& idx, const extents& e) {
     index_t flat = 0;
-    for (int a = 0; a < e.rank(); ++a) flat = flat * e[a] + idx[std::size_t(a)];
+    for (int a = 0; a < e.rank(); ++a)
+        flat = flat * e[a] + idx[std::size_t(a)];
     return flat;
 }
 
 /// Sum or mean of `xs` (row-major values of extents `e`) over axis `ax`, keepdim layout.
-std::vector<double> ref_reduce(const std::vector<double>& xs, const extents& e, int ax,
-                               bool mean) {
+std::vector<double> ref_reduce(const std::vector<double>& xs, const extents& e, int ax, bool mean) {
     const extents oe = e.with_axis(ax, 1);
     std::vector<double> acc(std::size_t(oe.numel()), 0.0);
     for (index_t i = 0; i < e.numel(); ++i) {
@@ -52,12 +57,9 @@ std::vector<double> ref_reduce(const std::vector<double>& xs, const extents& e, 
         acc[std::size_t(ravel(idx, oe))] += xs[std::size_t(i)];
     }
     if (mean)
-        for (double& v : acc) v /= double(e[ax]);
+        for (double& v : acc)
+            v /= double(e[ax]);
     return acc;
-}
-
-double rel_error(const std::vector<double>& got, const std::vector<double>& ref) {
-    return mmfuse_test::max_rel_error(std::span<const double>(got), std::span<const double>(ref));
 }
 
 }  // namespace
@@ -67,8 +69,8 @@ TEMPLATE_TEST_CASE("reduce sum and mean match a double loop on every axis and la
     using T = TestType;
     auto rng = mmfuse_test::make_rng(301);
     auto& s = backend::default_stream();
-    const std::array<extents, 7> shapes{extents{5},    extents{3, 4},    extents{2, 3, 4},
-                                        extents{2, 0, 3}, extents{3, 0},   extents{1, 1, 1},
+    const std::array<extents, 7> shapes{extents{5},         extents{3, 4}, extents{2, 3, 4},
+                                        extents{2, 0, 3},   extents{3, 0}, extents{1, 1, 1},
                                         extents{2, 3, 1, 5}};
     int counter = 0;
     for (const extents& e : shapes)
@@ -76,28 +78,48 @@ TEMPLATE_TEST_CASE("reduce sum and mean match a double loop on every axis and la
             for (const ops::reduce_kind kind : {ops::reduce_kind::sum, ops::reduce_kind::mean})
                 for (const bool keepdim : {false, true}) {
                     const int combo = counter++;
-                    const layout lx = ops_test::all_layouts[std::size_t(combo % 5)];
-                    const layout ly = ops_test::output_layouts[std::size_t(combo / 5 % 4)];
+                    const layout lx = pick(input_layouts, combo);
+                    const layout ly = pick(output_layouts, combo / 5);
                     const int axis = combo % 2 ? ax - e.rank() : ax;  // negative half the time
-                    auto x = ops_test::make_view<T>(e, lx);
-                    auto y = ops_test::make_view<T>(keepdim ? e.with_axis(ax, 1) : e.without_axis(ax),
-                                                    ly);
+                    strided_operand<T> x(e, lx);
+                    strided_operand<T> y(keepdim ? e.with_axis(ax, 1) : e.without_axis(ax), ly);
                     x.fill_random(rng);
                     y.poison();
-                    ops::reduce(s, kind, axis, x.cview(), y.view);
+                    ops::reduce(s, kind, axis, x.cref(), y.ref());
                     const bool mean = kind == ops::reduce_kind::mean;
-                    const auto ref = ref_reduce(ops_test::values(x.view), e, ax, mean);
-                    const auto got = ops_test::values(y.view);
-                    INFO("x " << x.view.describe() << " (" << ops_test::layout_name(lx)
-                              << "), axis " << axis << ", y " << y.view.describe()
+                    const auto ref = ref_reduce(x.values(), e, ax, mean);
+                    const auto got = y.values();
+                    INFO("x " << x.cref().describe() << " (" << layout_name(lx) << "), axis "
+                              << axis << ", y " << y.cref().describe()
                               << (mean ? " mean" : " sum"));
                     if (mean && e[ax] == 0) {  // mean over nothing: NaN, as in PyTorch
-                        for (const double v : got) REQUIRE(std::isnan(v));
+                        for (const double v : got)
+                            REQUIRE(std::isnan(v));
                     } else {
-                        REQUIRE(rel_error(got, ref) <= mmfuse_test::tolerance<T>());
+                        REQUIRE(max_rel_error(got, ref) <= mmfuse_test::tolerance<T>());
                     }
-                    REQUIRE(y.outside_untouched());
+                    REQUIRE(y.outside_intact());
                 }
+}
+
+TEMPLATE_TEST_CASE("reduce with accumulate adds to the existing output", "[ops][reduce]", float,
+                   double) {
+    using T = TestType;
+    auto rng = mmfuse_test::make_rng(302);
+    auto& s = backend::default_stream();
+    const extents e{3, 5, 4};
+    for (int ax = 0; ax < 3; ++ax) {
+        strided_operand<T> x(e, pick(input_layouts, ax));
+        strided_operand<T> y(e.without_axis(ax), pick(output_layouts, ax));
+        x.fill_random(rng);
+        y.fill_random(rng);
+        const auto before = y.values();
+        ops::reduce(s, ops::reduce_kind::sum, ax, x.cref(), y.ref(), /*accumulate=*/true);
+        auto ref = ref_reduce(x.values(), e, ax, false);
+        for (std::size_t i = 0; i < ref.size(); ++i) ref[i] += before[i];
+        REQUIRE(max_rel_error(y.values(), ref) <= mmfuse_test::tolerance<T>());
+        REQUIRE(y.outside_intact());
+    }
 }
 
 TEST_CASE("reduce rejects bad axes and outputs, naming the module and shapes", "[ops][reduce]") {
@@ -121,8 +143,8 @@ TEST_CASE("reduce rejects bad axes and outputs, naming the module and shapes", "
                         Contains("null"));
 }
 
-TEMPLATE_TEST_CASE("concat and split match double loops on every axis and layout",
-                   "[ops][layout]", float, double) {
+TEMPLATE_TEST_CASE("concat and split match double loops on every axis and layout", "[ops][layout]",
+                   float, double) {
     using T = TestType;
     auto rng = mmfuse_test::make_rng(302);
     auto& s = backend::default_stream();
@@ -130,12 +152,10 @@ TEMPLATE_TEST_CASE("concat and split match double loops on every axis and layout
         extents base;
         std::vector<index_t> sizes;
     };
-    const std::vector<split_case> cases{{extents{2, 3, 4}, {2, 0, 3}},
-                                        {extents{2, 3, 4}, {1, 2, 1, 1, 3}},
-                                        {extents{2, 3, 4}, {4}},
-                                        {extents{5}, {3, 0, 4}},
-                                        {extents{0, 3}, {1, 2}},
-                                        {extents{2, 1, 3, 2}, {2, 2}}};
+    const std::vector<split_case> cases{
+        {extents{2, 3, 4}, {2, 0, 3}}, {extents{2, 3, 4}, {1, 2, 1, 1, 3}},
+        {extents{2, 3, 4}, {4}},       {extents{5}, {3, 0, 4}},
+        {extents{0, 3}, {1, 2}},       {extents{2, 1, 3, 2}, {2, 2}}};
     int counter = 0;
     for (const split_case& c : cases)
         for (int ax = 0; ax < c.base.rank(); ++ax)
@@ -143,49 +163,49 @@ TEMPLATE_TEST_CASE("concat and split match double loops on every axis and layout
                 const int combo = counter++;
                 const int axis = rep == 1 ? ax - c.base.rank() : ax;
                 index_t total = 0;
-                for (index_t n : c.sizes) total += n;
+                for (index_t n : c.sizes)
+                    total += n;
                 const extents we = c.base.with_axis(ax, total);
-                std::vector<ops_test::strided_view<T>> parts, outs;
+                std::vector<strided_operand<T>> parts, outs;
                 std::vector<tensor_ref<const T>> part_views;
                 std::vector<tensor_ref<T>> out_views;
                 for (std::size_t i = 0; i < c.sizes.size(); ++i) {
                     const extents pe = c.base.with_axis(ax, c.sizes[i]);
-                    parts.push_back(ops_test::make_view<T>(
-                        pe, ops_test::all_layouts[std::size_t(combo + int(i)) % 5]));
+                    parts.emplace_back(pe, pick(input_layouts, combo + int(i)));
                     parts.back().fill_random(rng);
-                    part_views.push_back(parts.back().cview());
-                    outs.push_back(ops_test::make_view<T>(
-                        pe, ops_test::output_layouts[std::size_t(combo + 2 * int(i)) % 4]));
+                    part_views.push_back(parts.back().cref());
+                    outs.emplace_back(pe, pick(output_layouts, combo + 2 * int(i)));
                     outs.back().poison();
-                    out_views.push_back(outs.back().view);
+                    out_views.push_back(outs.back().ref());
                 }
-                auto y = ops_test::make_view<T>(we, ops_test::output_layouts[std::size_t(combo % 4)]);
+                strided_operand<T> y(we, pick(output_layouts, combo));
                 y.poison();
-                ops::concat(s, axis, std::span<const tensor_ref<const T>>(part_views), y.view);
+                ops::concat(s, axis, std::span<const tensor_ref<const T>>(part_views), y.ref());
 
                 // Reference: every part element lands at its index shifted along the axis.
                 std::vector<double> ref(std::size_t(we.numel()),
                                         std::numeric_limits<double>::quiet_NaN());
                 index_t offset = 0;
                 for (const auto& p : parts) {
-                    const auto pv = ops_test::values(p.view);
-                    for (index_t j = 0; j < p.view.numel(); ++j) {
-                        index_array idx = unravel(j, p.view.extents());
+                    const auto pv = p.values();
+                    const tensor_ref<const T> pr = p.cref();
+                    for (index_t j = 0; j < pr.numel(); ++j) {
+                        index_array idx = unravel(j, pr.extents());
                         idx[std::size_t(ax)] += offset;
                         ref[std::size_t(ravel(idx, we))] = pv[std::size_t(j)];
                     }
-                    offset += p.view.extent(ax);
+                    offset += pr.extent(ax);
                 }
-                INFO("whole " << y.view.describe() << ", axis " << axis << ", "
-                              << c.sizes.size() << " parts");
-                REQUIRE(rel_error(ops_test::values(y.view), ref) == 0.0);
-                REQUIRE(y.outside_untouched());
+                INFO("whole " << y.cref().describe() << ", axis " << axis << ", " << c.sizes.size()
+                              << " parts");
+                REQUIRE(max_rel_error(y.values(), ref) == 0.0);
+                REQUIRE(y.outside_intact());
 
                 // Split the result back: each output equals its input part exactly.
-                ops::split<T>(s, axis, y.cview(), std::span<const tensor_ref<T>>(out_views));
+                ops::split<T>(s, axis, y.cref(), std::span<const tensor_ref<T>>(out_views));
                 for (std::size_t i = 0; i < parts.size(); ++i) {
-                    REQUIRE(ops_test::values(outs[i].view) == ops_test::values(parts[i].view));
-                    REQUIRE(outs[i].outside_untouched());
+                    REQUIRE(outs[i].values() == parts[i].values());
+                    REQUIRE(outs[i].outside_intact());
                 }
             }
 }
@@ -194,24 +214,24 @@ TEMPLATE_TEST_CASE("split reads strided and broadcast inputs", "[ops][layout]", 
     using T = TestType;
     auto rng = mmfuse_test::make_rng(303);
     auto& s = backend::default_stream();
-    for (const layout lx : ops_test::all_layouts) {
-        auto x = ops_test::make_view<T>({3, 7, 2}, lx);
+    for (const layout lx : input_layouts) {
+        strided_operand<T> x({3, 7, 2}, lx);
         x.fill_random(rng);
         tensor<T> a({3, 3, 2}), b({3, 4, 2});
         mmfuse_test::poison(a);
         mmfuse_test::poison(b);
-        ops::split(s, 1, x.cview(), {a.ref(), b.ref()});
+        ops::split(s, 1, x.cref(), {a.ref(), b.ref()});
         for (index_t i = 0; i < 3; ++i)
             for (index_t j = 0; j < 7; ++j)
                 for (index_t k = 0; k < 2; ++k) {
-                    const double want = double(x.view(i, j, k));
+                    const double want = double(x.cref()(i, j, k));
                     REQUIRE(double(j < 3 ? a(i, j, k) : b(i, j - 3, k)) == want);
                 }
         // And the braced-list concat puts them back.
         tensor<T> y({3, 7, 2});
         mmfuse_test::poison(y);
         ops::concat(s, -2, {a.cref(), b.cref()}, y.ref());
-        REQUIRE(ops_test::values(y.ref()) == ops_test::values(x.view));
+        REQUIRE(mmfuse_test::to_vector(y.cref()) == x.values());
     }
 }
 
@@ -225,14 +245,16 @@ TEST_CASE("concat and split accept up to 16 parts and reject bad part lists", "[
         store.back().fill(float(i));
     }
     std::vector<tensor_ref<const float>> views;
-    for (const auto& t : store) views.push_back(t.cref());
+    for (const auto& t : store)
+        views.push_back(t.cref());
     tensor<float> y16({16, 2}), y17({17, 2});
     ops::concat<float>(cx, 0, std::span(views).first(16), y16.ref());
-    for (index_t i = 0; i < 16; ++i) REQUIRE(y16(i, 1) == float(i));
+    for (index_t i = 0; i < 16; ++i)
+        REQUIRE(y16(i, 1) == float(i));
     REQUIRE_THROWS_AS(ops::concat<float>(cx, 0, std::span(views), y17.ref()), shape_error);
-    REQUIRE_THROWS_WITH(ops::concat<float>(cx, 0, std::span(views), y17.ref()),
-                        Contains("fusion.cat") && Contains("1 to 16 parts") &&
-                            Contains("17 parts"));
+    REQUIRE_THROWS_WITH(
+        ops::concat<float>(cx, 0, std::span(views), y17.ref()),
+        Contains("fusion.cat") && Contains("1 to 16 parts") && Contains("17 parts"));
     REQUIRE_THROWS_WITH(ops::concat<float>(cx, 0, std::span(views).first(0), y17.ref()),
                         Contains("0 parts"));
 
@@ -240,9 +262,9 @@ TEST_CASE("concat and split accept up to 16 parts and reject bad part lists", "[
     REQUIRE_THROWS_WITH(ops::concat(cx, 0, {a.cref(), b.cref()}, y.ref()),
                         Contains("concat input 1") && Contains("(?, 3)") && Contains("(4, 3)") &&
                             Contains("(2, 4)"));
-    REQUIRE_THROWS_WITH(ops::concat(cx, 0, {a.cref(), c.cref()}, y5.ref()),
-                        Contains("concat output y") && Contains("extent 4 on axis 0") &&
-                            Contains("(5, 3)"));
+    REQUIRE_THROWS_WITH(
+        ops::concat(cx, 0, {a.cref(), c.cref()}, y5.ref()),
+        Contains("concat output y") && Contains("extent 4 on axis 0") && Contains("(5, 3)"));
     REQUIRE_THROWS_WITH(ops::concat(cx, 2, {a.cref(), c.cref()}, y.ref()),
                         Contains("concat axis") && Contains("[-2, 2)") && Contains("axis 2"));
     REQUIRE_THROWS_WITH(ops::concat(cx, 0, {a.cref(), c.cref()}, y1.ref()),
@@ -250,9 +272,9 @@ TEST_CASE("concat and split accept up to 16 parts and reject bad part lists", "[
     const tensor_ref<const float> null_part(nullptr, {2, 3});
     REQUIRE_THROWS_WITH(ops::concat(cx, 0, {a.cref(), null_part}, y.ref()),
                         Contains("concat input 1") && Contains("null"));
-    REQUIRE_THROWS_WITH(ops::split(cx, 0, y5.cref(), {a.ref(), c.ref()}),
-                        Contains("split input x") && Contains("extent 4 on axis 0") &&
-                            Contains("(5, 3)"));
+    REQUIRE_THROWS_WITH(
+        ops::split(cx, 0, y5.cref(), {a.ref(), c.ref()}),
+        Contains("split input x") && Contains("extent 4 on axis 0") && Contains("(5, 3)"));
     REQUIRE_THROWS_WITH(ops::split(cx, 1, y.cref(), {a.ref(), b.ref()}),
                         Contains("split output 0") && Contains("(4, ?)") && Contains("(2, 3)"));
 }
@@ -270,16 +292,15 @@ void check_exact_copy(backend::stream& s, std::mt19937_64& rng) {
     for (const extents& e : shapes)
         for (int rep = 0; rep < 4; ++rep) {
             const int combo = counter++;
-            auto x = ops_test::make_view<S>(e, ops_test::all_layouts[std::size_t(combo % 5)]);
-            auto y = ops_test::make_view<D>(e, ops_test::output_layouts[std::size_t(combo / 2 % 4)]);
-            for (index_t i = 0; i < x.storage.numel(); ++i)
-                x.storage[i] = ops_test::from_double<S>(k(rng) / 64.0);
+            strided_operand<S> x(e, pick(input_layouts, combo));
+            strided_operand<D> y(e, pick(output_layouts, combo / 2));
+            x.fill_each([&] { return k(rng) / 64.0; });
             y.poison();
-            ops::copy(s, x.cview(), y.view);
+            ops::copy(s, x.cref(), y.ref());
             INFO(dtype_name(dtype_of<S>) << " -> " << dtype_name(dtype_of<D>) << ": x "
-                                         << x.view.describe() << ", y " << y.view.describe());
-            REQUIRE(ops_test::values(y.view) == ops_test::values(x.view));
-            REQUIRE(y.outside_untouched());
+                                         << x.cref().describe() << ", y " << y.cref().describe());
+            REQUIRE(y.values() == x.values());
+            REQUIRE(y.outside_intact());
         }
 }
 
@@ -312,7 +333,8 @@ TEST_CASE("copy rounds like the storage types and keeps NaN and infinity", "[ops
     tensor<bf16> yb({64});
     tensor<half> yh({64});
     ops::copy(s, x.cref(), xf.ref());  // f64 -> f32
-    for (index_t i = 3; i < 64; ++i) REQUIRE(xf[i] == float(x[i]));
+    for (index_t i = 3; i < 64; ++i)
+        REQUIRE(xf[i] == float(x[i]));
     ops::copy(s, xf.cref(), yb.ref());
     ops::copy(s, xf.cref(), yh.ref());
     ops::copy(s, yh.cref(), yf.ref());
@@ -327,8 +349,7 @@ TEST_CASE("copy rounds like the storage types and keeps NaN and infinity", "[ops
     REQUIRE(std::isinf(float(yh[2])));
 }
 
-TEST_CASE("copy and concat reject bad operands; the backend refuses other dtypes",
-          "[ops][layout]") {
+TEST_CASE("copy rejects bad operands and the backend refuses other dtypes", "[ops][layout]") {
     auto& s = backend::default_stream();
     using Catch::Contains;
     tensor<float> x({2, 3});
@@ -351,3 +372,54 @@ TEST_CASE("copy and concat reject bad operands; the backend refuses other dtypes
     REQUIRE_FALSE(s.device().supports(ops::concat_desc{}, dtype::bf16));
     REQUIRE_THROWS_AS(s.execute(ops::concat_desc{0}, in_b, out_b), backend_error);
 }
+
+// Counts global operator new calls (this test executable only) to check that the op
+// front-ends and the non-GEMM Eigen kernels do not touch the heap in a steady state.
+// Left out under AddressSanitizer, which owns operator new itself.
+#if !defined(__SANITIZE_ADDRESS__)
+namespace {
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+// GCC cannot see that this operator new is malloc-based and warns about free() below.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t n) {
+    ++g_allocations;
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept {
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+#pragma GCC diagnostic pop
+
+TEST_CASE("op front-ends and Eigen kernels do not allocate in a steady state", "[ops]") {
+    auto rng = mmfuse_test::make_rng(306);
+    auto& s = backend::default_stream();
+    const ops::op_context cx(s, "a.module.path.longer.than.the.small.string.buffer");
+    auto x = mmfuse_test::random_tensor<float>({4, 6, 8}, rng);
+    auto w = mmfuse_test::random_tensor<float>({5, 8}, rng);
+    auto bias = mmfuse_test::random_tensor<float>({8}, rng);
+    tensor<float> y({4, 6, 8}), y2({4, 6, 8}), m({4, 8}), xy({4, 12, 8}), p({4, 6, 5});
+    tensor<bf16> yb({4, 6, 8});
+    const auto step = [&] {
+        ops::bias_add(cx, x.cref(), bias.cref(), y.ref());
+        ops::unary(cx, ops::unary_kind::gelu_tanh, y.cref(), y.ref());
+        ops::unary_backward(cx, ops::unary_kind::silu, x.cref(), y.cref(), y.ref());
+        ops::reduce(cx, ops::reduce_kind::mean, 1, y.cref(), m.ref());
+        ops::concat(cx, 1, {x.cref(), y.cref()}, xy.ref());
+        ops::split(cx, 1, xy.cref(), {y.ref(), y2.ref()});
+        ops::copy(cx, y.cref(), yb.ref());
+        // Small enough for Eigen's coefficient-based product (its GEMM path uses malloc).
+        ops::matmul(cx, x.cref(), w.cref(), p.ref(), ops::matmul_desc{false, true});
+    };
+    step();  // first use may initialise statics
+    const long before = g_allocations.load();
+    step();
+    REQUIRE(g_allocations.load() - before == 0);
+}
+#endif  // !defined(__SANITIZE_ADDRESS__)

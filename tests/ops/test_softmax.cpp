@@ -12,7 +12,7 @@
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/ops/softmax.hpp"
-#include "support/parity.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using mmfuse::extents;
@@ -24,8 +24,6 @@ using mmfuse_test::strided_operand;
 using mmfuse_test::uniform_values;
 
 namespace {
-
-constexpr layout all_layouts[] = {layout::contiguous, layout::padded, layout::reversed};
 
 /// Reference softmax(scale * x) over rows of length n of row-major `x`; entries with
 /// mask == 0 excluded (`mask` empty: none); a row with nothing kept is all zeros.
@@ -72,15 +70,14 @@ TEMPLATE_TEST_CASE("softmax matches a double-precision loop in every layout", "[
     auto& s = mmfuse::backend::default_stream();
     auto rng = mmfuse_test::make_rng(1);
     for (const extents& e : shapes)
-        for (layout l : all_layouts)
+        for (layout l : mmfuse_test::uniform_layouts)
             for (double scale : {1.0, 0.125, -0.7}) {
                 CAPTURE(e.to_string(), mmfuse_test::layout_name(l), scale);
                 strided_operand<TestType> x(e, l), y(e, l);
                 x.assign(uniform_values(rng, e.numel(), -4.0, 4.0));
                 mmfuse::ops::softmax(s, x.cref(), y.ref(), scale);
                 const auto ref = ref_softmax(x.values(), {}, e[-1], scale);
-                CHECK(mmfuse_test::max_rel_error(std::span<const double>(y.values()),
-                                                 std::span<const double>(ref)) <=
+                CHECK(mmfuse_test::max_rel_error(y.values(), ref) <=
                       mmfuse_test::tolerance<TestType>());
                 CHECK(y.outside_intact());
             }
@@ -106,7 +103,7 @@ TEMPLATE_TEST_CASE("masked softmax: random masks and fully masked rows", "[ops][
     auto& s = mmfuse::backend::default_stream();
     auto rng = mmfuse_test::make_rng(3);
     for (const extents& e : {extents{4, 9}, extents{2, 3, 17}, extents{5, 2}})
-        for (layout l : all_layouts) {
+        for (layout l : mmfuse_test::uniform_layouts) {
             CAPTURE(e.to_string(), mmfuse_test::layout_name(l));
             const index_t n = e[-1];
             strided_operand<TestType> x(e, l), y(e, l);
@@ -119,9 +116,7 @@ TEMPLATE_TEST_CASE("masked softmax: random masks and fully masked rows", "[ops][
             mmfuse::ops::softmax(s, x.cref(), m.cref(), y.ref(), 0.5);
             const auto ref = ref_softmax(x.values(), mv, n, 0.5);
             const auto got = y.values();
-            CHECK(mmfuse_test::max_rel_error(std::span<const double>(got),
-                                             std::span<const double>(ref)) <=
-                  mmfuse_test::tolerance<TestType>());
+            CHECK(mmfuse_test::max_rel_error(got, ref) <= mmfuse_test::tolerance<TestType>());
             for (std::size_t i = 0; i < got.size(); ++i)
                 if (mv[i] == 0.0) REQUIRE(got[i] == 0.0);  // exact zeros, never NaN
         }
@@ -166,7 +161,7 @@ TEMPLATE_TEST_CASE("softmax_backward matches the Jacobian in every layout", "[op
     auto& s = mmfuse::backend::default_stream();
     auto rng = mmfuse_test::make_rng(5);
     for (const extents& e : shapes)
-        for (layout l : all_layouts) {
+        for (layout l : mmfuse_test::uniform_layouts) {
             CAPTURE(e.to_string(), mmfuse_test::layout_name(l));
             const index_t n = e[-1];
             auto mv = bernoulli_values(rng, e.numel(), 0.7);
@@ -178,9 +173,7 @@ TEMPLATE_TEST_CASE("softmax_backward matches the Jacobian in every layout", "[op
             mmfuse::ops::softmax_backward(s, y.cref(), dy.cref(), dx.ref(), 1.5);
             const auto ref = ref_softmax_backward(y.values(), dy.values(), n, 1.5);
             const auto got = dx.values();
-            CHECK(mmfuse_test::max_rel_error(std::span<const double>(got),
-                                             std::span<const double>(ref)) <=
-                  mmfuse_test::tolerance<TestType>());
+            CHECK(mmfuse_test::max_rel_error(got, ref) <= mmfuse_test::tolerance<TestType>());
             for (std::size_t i = 0; i < got.size(); ++i)
                 if (mv[i] == 0.0) REQUIRE(got[i] == 0.0);  // masked / fully masked: zero gradient
             CHECK(dx.outside_intact());

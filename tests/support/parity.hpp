@@ -2,9 +2,9 @@
 // Parity scaffolding: run one op case on every compiled-in backend and in several memory
 // layouts, and compare with the Eigen reference.
 //
-// * `strided_operand<T>`  — an operand stored in a chosen `layout` (contiguous, padded with
-//   gaps, or axis-reversed = column-major / "transposed copy"), with guard zones; reports
-//   whether anything outside the view was written.
+// * `strided_operand<T>`  — (support/strided.hpp) an operand stored in a chosen `layout`
+//   (here contiguous, gapped, or axis-reversed = column-major / "transposed copy"), with
+//   guard zones; reports whether anything outside the view was written.
 // * `case_run`            — one execution of a case: the stream, a seeded engine, the layout,
 //   and the operands the case made (outputs gathered in creation order).
 // * `op_case`             — a name, the descriptor asked of `device::supports`, tolerances,
@@ -35,109 +35,17 @@
 #include "mmfuse/core/shape.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/ops/op_desc.hpp"
+#include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 namespace mmfuse_test {
 
 using mmfuse::index_t;
 
-/// Calls `f(idx)` for every multi-index of `e` in row-major order (`idx` holds `e.rank()`
-/// meaningful entries). Nothing is called when an extent is 0; rank 0 calls once.
-template <class F>
-void for_each_index(const mmfuse::extents& e, F&& f) {
-    if (e.numel() == 0) return;
-    std::array<index_t, mmfuse::max_rank> idx{};
-    while (true) {
-        f(std::as_const(idx));
-        int a = e.rank() - 1;
-        for (; a >= 0; --a) {
-            if (++idx[size_t(a)] < e[a]) break;
-            idx[size_t(a)] = 0;
-        }
-        if (a < 0) return;
-    }
-}
+namespace parity {
 
-/// Element offset of multi-index `idx` in a view with `strides`.
-inline index_t offset_of(const std::array<index_t, mmfuse::max_rank>& idx,
-                         std::span<const index_t> strides) {
-    index_t off = 0;
-    for (std::size_t a = 0; a < strides.size(); ++a)
-        off += idx[a] * strides[a];
-    return off;
-}
-
-/// The logical (row-major) values of any strided view, as doubles.
-template <class T>
-std::vector<double> to_vector(const mmfuse::tensor_ref<T>& t) {
-    std::vector<double> v;
-    v.reserve(std::size_t(t.numel()));
-    for_each_index(t.extents(), [&](const auto& idx) {
-        v.push_back(double(t.data()[offset_of(idx, t.strides())]));
-    });
-    return v;
-}
-
-/// `n` values uniform in [lo, hi), drawn from `rng` in order.
-inline std::vector<double> uniform_values(std::mt19937_64& rng, index_t n, double lo, double hi) {
-    std::uniform_real_distribution<double> u(lo, hi);
-    std::vector<double> v(static_cast<std::size_t>(n));
-    for (double& x : v)
-        x = u(rng);
-    return v;
-}
-
-/// `n` values in {0, 1}, 1 with probability `p` (boolean masks).
-inline std::vector<double> bernoulli_values(std::mt19937_64& rng, index_t n, double p) {
-    std::bernoulli_distribution b(p);
-    std::vector<double> v(static_cast<std::size_t>(n));
-    for (double& x : v)
-        x = b(rng) ? 1.0 : 0.0;
-    return v;
-}
-
-/// How an operand is laid out in memory.
-enum class layout {
-    contiguous,  ///< dense row-major
-    padded,      ///< last-axis stride 2, every outer axis one entry longer: gaps everywhere
-    reversed,    ///< column-major (axis order reversed in memory): a transposed copy
-};
-
-inline const char* layout_name(layout l) {
-    switch (l) {
-        case layout::contiguous:
-            return "contiguous";
-        case layout::padded:
-            return "padded";
-        case layout::reversed:
-            return "reversed";
-    }
-    return "?";
-}
-
-/// Strides of `e` in layout `l`.
-inline mmfuse::stride_array layout_strides(const mmfuse::extents& e, layout l) {
-    mmfuse::stride_array s{};
-    const int r = e.rank();
-    if (r == 0) return s;
-    switch (l) {
-        case layout::contiguous:
-            return mmfuse::contiguous_strides(e);
-        case layout::padded:
-            s[size_t(r - 1)] = 2;
-            for (int k = r - 2; k >= 0; --k)
-                s[size_t(k)] = s[size_t(k + 1)] * (e[k + 1] + 1);
-            return s;
-        case layout::reversed:
-            s[0] = 1;
-            for (int k = 1; k < r; ++k)
-                s[size_t(k)] = s[size_t(k - 1)] * std::max<index_t>(e[k - 1], 1);
-            return s;
-    }
-    return s;
-}
-
-/// Type-erased operand, so a `case_run` can own operands of several element types.
+/// Type-erased owner of a `strided_operand`, so a `case_run` can own operands of several
+/// element types.
 class operand_base {
 public:
     virtual ~operand_base() = default;
@@ -147,81 +55,14 @@ public:
     virtual bool outside_intact() const = 0;
 };
 
-/// An operand of logical extents `e` stored in layout `l`, with `guard` poisoned elements
-/// before and after. The whole buffer starts poisoned (NaN; `true` for bool).
 template <class T>
-class strided_operand final : public operand_base {
+class owned_operand final : public operand_base {
 public:
-    static constexpr index_t guard = 16;
-
-    strided_operand(const mmfuse::extents& e, layout l)
-        : extents_(e), strides_(layout_strides(e, l)) {
-        index_t span = 0;
-        if (e.numel() > 0) {
-            span = 1;
-            for (int k = 0; k < e.rank(); ++k)
-                span += (e[k] - 1) * strides_[size_t(k)];
-        }
-        size_ = span + 2 * guard;
-        buf_ = std::make_unique<T[]>(std::size_t(size_));
-        for (index_t i = 0; i < size_; ++i)
-            buf_[std::size_t(i)] = poison_value();
-    }
-
-    mmfuse::tensor_ref<T> ref() {
-        return {buf_.get() + guard, extents_,
-                std::span<const index_t>(strides_.data(), size_t(extents_.rank()))};
-    }
-    mmfuse::tensor_ref<const T> cref() const {
-        return {buf_.get() + guard, extents_,
-                std::span<const index_t>(strides_.data(), size_t(extents_.rank()))};
-    }
-    operator mmfuse::tensor_ref<T>() { return ref(); }               // NOLINT
-    operator mmfuse::tensor_ref<const T>() const { return cref(); }  // NOLINT
-
-    /// Sets the logical values (row-major order) from `v` (numel entries).
-    void assign(std::span<const double> v) {
-        REQUIRE(v.size() == std::size_t(extents_.numel()));
-        std::size_t i = 0;
-        const auto view = ref();
-        for_each_index(extents_, [&](const auto& idx) {
-            view.data()[offset_of(idx, view.strides())] = static_cast<T>(v[i++]);
-        });
-    }
-
-    std::vector<double> values() const override { return to_vector(cref()); }
-
-    bool outside_intact() const override {
-        std::vector<char> inside(std::size_t(size_), 0);
-        for_each_index(extents_, [&](const auto& idx) {
-            inside[std::size_t(guard + offset_of(idx, cref().strides()))] = 1;
-        });
-        for (index_t i = 0; i < size_; ++i)
-            if (!inside[std::size_t(i)] && !is_poison(buf_[std::size_t(i)])) return false;
-        return true;
-    }
-
-private:
-    static T poison_value() {
-        if constexpr (std::is_floating_point_v<T>)
-            return std::numeric_limits<T>::quiet_NaN();
-        else
-            return T(1);
-    }
-    static bool is_poison(const T& v) {
-        if constexpr (std::is_floating_point_v<T>)
-            return std::isnan(v);
-        else
-            return v == T(1);
-    }
-
-    mmfuse::extents extents_;
-    mmfuse::stride_array strides_;
-    index_t size_ = 0;
-    std::unique_ptr<T[]> buf_;
+    owned_operand(const mmfuse::extents& e, layout l) : op(e, l) {}
+    std::vector<double> values() const override { return op.values(); }
+    bool outside_intact() const override { return op.outside_intact(); }
+    strided_operand<T> op;
 };
-
-namespace parity {
 
 /// One execution of an op case: where it runs, its seeded engine, the layout of its
 /// operands, and the operands it made. Outputs (and in-outs) are gathered in creation order.
@@ -241,11 +82,7 @@ public:
     }
     /// A boolean input, true with probability `keep`.
     strided_operand<bool>& mask(const mmfuse::extents& e, double keep = 0.7) {
-        std::bernoulli_distribution b(keep);
-        std::vector<double> v(std::size_t(e.numel()));
-        for (double& x : v)
-            x = b(rng) ? 1.0 : 0.0;
-        return make<bool>(e, role::input, std::move(v));
+        return make<bool>(e, role::input, bernoulli_values(rng, e.numel(), keep));
     }
     /// A write-only output, left poisoned (NaN) for the op to fill.
     template <class T>
@@ -289,9 +126,9 @@ private:
 
     template <class T>
     strided_operand<T>& make(const mmfuse::extents& e, role k, std::vector<double> init) {
-        auto op = std::make_unique<strided_operand<T>>(e, lay);
-        if (!init.empty()) op->assign(init);
-        strided_operand<T>& ref = *op;
+        auto op = std::make_unique<owned_operand<T>>(e, lay);
+        if (!init.empty()) op->op.assign(init);
+        strided_operand<T>& ref = op->op;
         // Store what the op should leave unchanged, rounded to T like the operand itself.
         slots_.push_back(
             {std::move(op), k, k == role::input ? ref.values() : std::vector<double>{}});
@@ -370,9 +207,9 @@ struct parity_report {
 };
 
 /// Runs `c` for dtype `t` and `seed` on eigen, contiguous, as the reference; then compares
-/// (within `c.tolerance(t)`) eigen in the padded and reversed layouts, a second eigen stream
+/// (within `c.tolerance(t)`) eigen in the gapped and reversed layouts, a second eigen stream
 /// from `create_stream()`, and every device of `devices` other than eigen that is a host
-/// device and `supports()` the op (contiguous and padded).
+/// device and `supports()` the op (contiguous and gapped).
 inline parity_report check_parity(const op_case& c, mmfuse::dtype t, std::uint64_t seed,
                                   std::span<mmfuse::backend::device* const> devices =
                                       mmfuse::backend::registry::global().devices()) {
@@ -399,7 +236,7 @@ inline parity_report check_parity(const op_case& c, mmfuse::dtype t, std::uint64
     };
     // The reference must have written every output (no NaN left from the poison).
     compare("eigen (reference, self-check)", ref);
-    for (layout l : {layout::padded, layout::reversed})
+    for (layout l : {layout::gapped, layout::reversed})
         compare(std::string("eigen, ") + layout_name(l) + " layout",
                 execute(c, eigen.default_stream(), t, seed, l));
     const auto second = eigen.create_stream();
@@ -418,7 +255,7 @@ inline parity_report check_parity(const op_case& c, mmfuse::dtype t, std::uint64
             rep.notes.push_back(what + ": device " + dn + " does not support this op");
             continue;
         }
-        for (layout l : {layout::contiguous, layout::padded}) {
+        for (layout l : {layout::contiguous, layout::gapped}) {
             ++rep.other_devices;
             compare(dn + ", " + layout_name(l) + " layout",
                     execute(c, d->default_stream(), t, seed, l));

@@ -14,9 +14,11 @@
 
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "mmfuse/core/dtype.hpp"
+#include "mmfuse/core/error.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/ops/op_desc.hpp"
 
@@ -56,6 +58,25 @@ public:
     /// A new independent stream.
     virtual std::unique_ptr<stream> create_stream() = 0;
 };
+
+/// Throws `backend_error` naming `backend` and the op unless `inputs`/`outputs` have the
+/// counts `ops::operand_count(op)` requires. Every backend's `execute` calls it first.
+inline void check_operand_count(std::string_view backend, const ops::op_desc& op,
+                                std::span<const any_tensor_ref> inputs,
+                                std::span<const any_tensor_ref> outputs) {
+    const ops::operand_counts want = ops::operand_count(op);
+    const auto fits = [](int want_n, std::size_t n) {
+        return want_n == ops::operand_counts::variadic ? n >= 1 : n == std::size_t(want_n);
+    };
+    if (fits(want.inputs, inputs.size()) && fits(want.outputs, outputs.size())) return;
+    const auto str = [](int n) {
+        return n == ops::operand_counts::variadic ? std::string("one or more") : std::to_string(n);
+    };
+    throw backend_error(backend, std::string(ops::op_name(op)) + ": expected " + str(want.inputs) +
+                                     " inputs and " + str(want.outputs) + " outputs, got " +
+                                     std::to_string(inputs.size()) + " and " +
+                                     std::to_string(outputs.size()));
+}
 
 /// An ordered queue of ops on one device.
 class stream {

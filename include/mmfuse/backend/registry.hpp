@@ -36,13 +36,14 @@ public:
     /// `api_version` or another device already uses its name.
     void add(device& d) {
         if (d.interface_version() != api_version)
-            throw backend_error(d.name(), "backend interface version " +
-                                              std::to_string(d.interface_version()) +
-                                              ", this mmfuse expects " + std::to_string(api_version));
+            throw backend_error(
+                d.name(), "backend interface version " + std::to_string(d.interface_version()) +
+                              ", this mmfuse expects " + std::to_string(api_version));
         for (device* e : devices_) {
             if (e == &d) return;
             if (e->name() == d.name())
-                throw backend_error(d.name(), "a different device with this name is already registered");
+                throw backend_error(d.name(),
+                                    "a different device with this name is already registered");
         }
         devices_.push_back(&d);
     }
@@ -60,14 +61,15 @@ public:
     /// The device called `name`; throws `backend_error` listing the available names.
     device& get(std::string_view name) const {
         if (device* d = find(name)) return *d;
-        throw backend_error("registry", "no backend named '" + std::string(name) +
-                                            "'; compiled in: " + names());
+        throw backend_error(
+            "registry", "no backend named '" + std::string(name) + "'; compiled in: " + names());
     }
 
     /// The registered device with the highest `priority()` (cuda > onednn > eigen).
     device& best() const {
-        return **std::max_element(devices_.begin(), devices_.end(),
-                                  [](device* a, device* b) { return a->priority() < b->priority(); });
+        return **std::max_element(devices_.begin(), devices_.end(), [](device* a, device* b) {
+            return a->priority() < b->priority();
+        });
     }
 
     /// Comma-separated names of the registered devices ("eigen, onednn").
@@ -87,6 +89,8 @@ private:
 
 /// Default stream of the Eigen reference device: what ops use in tests and examples when
 /// no backend is named.
-inline stream& default_stream() { return registry::global().get("eigen").default_stream(); }
+inline stream& default_stream() {
+    return registry::global().get("eigen").default_stream();
+}
 
 }  // namespace mmfuse::inline v0::backend

@@ -15,9 +15,11 @@
 /// Both satisfy the `workspace_allocator` concept. Exhausting an arena throws
 /// `backend_error` (never returns a short or overlapping buffer).
 
+#include <algorithm>
 #include <concepts>
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 #include "mmfuse/core/config.hpp"
 #include "mmfuse/core/error.hpp"
@@ -30,6 +32,8 @@ namespace mmfuse::inline v0 {
 /// Position in an arena, returned by `mark()` and consumed by `release()`.
 struct arena_marker {
     std::size_t offset = 0;
+    std::size_t block = 0;  ///< growing_arena only: index of the block
+    std::size_t total = 0;  ///< growing_arena only: bytes in use across blocks
 };
 
 namespace detail {
@@ -114,6 +118,94 @@ private:
     std::unique_ptr<std::byte, detail::aligned_free> buffer_;
     std::size_t capacity_;
     detail::bump_offsets offsets_;
+};
+
+/// Arena that grows instead of throwing: when the current block is full it chains a new
+/// block (heap), and the next `reset()` replaces a chain of blocks by one block as large as
+/// the step's high-water mark. So the first step of a training or sampling loop sizes the
+/// workspace and every later step with the same shapes allocates nothing
+/// (tiny-cuda-nn's growing GPU arena, on the host). Views stay valid until `reset()` or a
+/// `release()` past them.
+class growing_arena {
+public:
+    /// Starts with one block of `initial_bytes` (may be 0: the first step sizes it).
+    explicit growing_arena(std::size_t initial_bytes = 0) {
+        if (initial_bytes > 0) blocks_.push_back(block(initial_bytes));
+    }
+
+    /// Contiguous, 64-byte-aligned, uninitialised view of extents `e`.
+    template <element_type T>
+    tensor_ref<T> allocate(const extents& e) {
+        const std::size_t bytes = detail::checked_bytes(e, sizeof(T), "growing_arena");
+        if (blocks_.empty() || !fits(blocks_[current_], bytes)) {
+            // Move on to the next block if it fits, otherwise chain a new one.
+            if (current_ + 1 < blocks_.size() && fits_empty(blocks_[current_ + 1], bytes)) {
+                ++current_;
+            } else {
+                const std::size_t last = blocks_.empty() ? 0 : blocks_.back().capacity;
+                blocks_.insert(blocks_.begin() + std::ptrdiff_t(blocks_.empty() ? 0 : current_ + 1),
+                               block(std::max(bytes + host_alignment, 2 * last)));
+                current_ = blocks_.size() == 1 ? 0 : current_ + 1;
+            }
+            blocks_[current_].offsets.reset();
+        }
+        block& b = blocks_[current_];
+        const std::size_t at = b.offsets.reserve(bytes, b.capacity, "growing_arena");
+        total_ += bytes + host_alignment;
+        high_water_ = std::max(high_water_, total_);
+        return tensor_ref<T>(reinterpret_cast<T*>(b.memory.get() + at), e);
+    }
+
+    /// Position to rewind to with `release()` (LIFO).
+    arena_marker mark() const noexcept {
+        return {blocks_.empty() ? 0 : blocks_[current_].offsets.used(), current_, total_};
+    }
+    void release(arena_marker m) {
+        if (blocks_.empty()) return;
+        if (m.block > current_)
+            throw backend_error("growing_arena", "release: marker is past the current position");
+        for (std::size_t b = m.block + 1; b <= current_; ++b) blocks_[b].offsets.reset();
+        current_ = m.block;
+        blocks_[current_].offsets.release(arena_marker{m.offset}, "growing_arena");
+        total_ = m.total;
+    }
+
+    /// Rewinds to empty; if the last step needed more than one block, replaces them by a
+    /// single block of the high-water size (the only place that frees or allocates).
+    void reset() {
+        if (blocks_.size() > 1) {
+            blocks_.clear();
+            blocks_.push_back(block(high_water_));
+        }
+        for (block& b : blocks_) b.offsets.reset();
+        current_ = 0;
+        total_ = 0;
+    }
+
+    /// Bytes the largest step so far needed (alignment padding included).
+    std::size_t high_water_bytes() const noexcept { return high_water_; }
+    /// Number of heap blocks held right now (1 in a steady state).
+    std::size_t block_count() const noexcept { return blocks_.size(); }
+
+private:
+    struct block {
+        explicit block(std::size_t bytes)
+            : memory(static_cast<std::byte*>(detail::aligned_host_alloc(bytes))), capacity(bytes) {}
+        std::unique_ptr<std::byte, detail::aligned_free> memory;
+        std::size_t capacity;
+        detail::bump_offsets offsets;
+    };
+    static bool fits(const block& b, std::size_t bytes) noexcept {
+        const std::size_t start =
+            (b.offsets.used() + host_alignment - 1) / host_alignment * host_alignment;
+        return bytes <= b.capacity && start <= b.capacity - bytes;
+    }
+    static bool fits_empty(const block& b, std::size_t bytes) noexcept { return bytes <= b.capacity; }
+
+    std::vector<block> blocks_;
+    std::size_t current_ = 0;
+    std::size_t total_ = 0;
+    std::size_t high_water_ = 0;
 };
 
 /// Dry-run twin of `arena`: records the offsets an allocation sequence would use and its

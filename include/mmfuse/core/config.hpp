@@ -13,6 +13,17 @@
 #define MMFUSE_VERSION_MINOR 1
 #define MMFUSE_VERSION_PATCH 0
 
+/// Marks functions that must also compile as CUDA device code (the Philox block function,
+/// activation math). Empty outside nvcc; the only macro that touches declarations, and it
+/// changes no layout.
+#ifndef MMFUSE_HOST_DEVICE
+#ifdef __CUDACC__
+#define MMFUSE_HOST_DEVICE __host__ __device__
+#else
+#define MMFUSE_HOST_DEVICE
+#endif
+#endif
+
 namespace mmfuse::inline v0 {
 
 /// Signed index type for extents, strides and offsets (PyTorch and oneDNN use int64 too).

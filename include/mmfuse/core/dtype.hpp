@@ -69,7 +69,7 @@ private:
         const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
         const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
         const std::uint32_t a = u & 0x7fffffffu;
-        if (a > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);  // NaN
+        if (a > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);   // NaN
         if (a >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);  // >= 65520: rounds to inf
         if (a >= 0x38800000u) {                                      // normal half range
             const std::uint32_t rounding = 0xfffu + ((a >> 13) & 1u);
@@ -94,14 +94,22 @@ enum class dtype : std::uint8_t { f32, f64, bf16, f16, i32, i64, u8, boolean };
 /// Size in bytes of one element of `t`.
 constexpr std::size_t dtype_size(dtype t) noexcept {
     switch (t) {
-        case dtype::f32: return 4;
-        case dtype::f64: return 8;
-        case dtype::bf16: return 2;
-        case dtype::f16: return 2;
-        case dtype::i32: return 4;
-        case dtype::i64: return 8;
-        case dtype::u8: return 1;
-        case dtype::boolean: return 1;
+        case dtype::f32:
+            return 4;
+        case dtype::f64:
+            return 8;
+        case dtype::bf16:
+            return 2;
+        case dtype::f16:
+            return 2;
+        case dtype::i32:
+            return 4;
+        case dtype::i64:
+            return 8;
+        case dtype::u8:
+            return 1;
+        case dtype::boolean:
+            return 1;
     }
     return 0;
 }
@@ -109,14 +117,22 @@ constexpr std::size_t dtype_size(dtype t) noexcept {
 /// Short name: "f32", "f64", "bf16", "f16", "i32", "i64", "u8", "bool".
 constexpr std::string_view dtype_name(dtype t) noexcept {
     switch (t) {
-        case dtype::f32: return "f32";
-        case dtype::f64: return "f64";
-        case dtype::bf16: return "bf16";
-        case dtype::f16: return "f16";
-        case dtype::i32: return "i32";
-        case dtype::i64: return "i64";
-        case dtype::u8: return "u8";
-        case dtype::boolean: return "bool";
+        case dtype::f32:
+            return "f32";
+        case dtype::f64:
+            return "f64";
+        case dtype::bf16:
+            return "bf16";
+        case dtype::f16:
+            return "f16";
+        case dtype::i32:
+            return "i32";
+        case dtype::i64:
+            return "i64";
+        case dtype::u8:
+            return "u8";
+        case dtype::boolean:
+            return "bool";
     }
     return "?";
 }
@@ -124,24 +140,50 @@ constexpr std::string_view dtype_name(dtype t) noexcept {
 namespace detail {
 template <class T>
 struct dtype_of_impl;
-template <> struct dtype_of_impl<float> { static constexpr dtype value = dtype::f32; };
-template <> struct dtype_of_impl<double> { static constexpr dtype value = dtype::f64; };
-template <> struct dtype_of_impl<bf16> { static constexpr dtype value = dtype::bf16; };
-template <> struct dtype_of_impl<half> { static constexpr dtype value = dtype::f16; };
-template <> struct dtype_of_impl<std::int32_t> { static constexpr dtype value = dtype::i32; };
-template <> struct dtype_of_impl<std::int64_t> { static constexpr dtype value = dtype::i64; };
-template <> struct dtype_of_impl<std::uint8_t> { static constexpr dtype value = dtype::u8; };
-template <> struct dtype_of_impl<bool> { static constexpr dtype value = dtype::boolean; };
+template <>
+struct dtype_of_impl<float> {
+    static constexpr dtype value = dtype::f32;
+};
+template <>
+struct dtype_of_impl<double> {
+    static constexpr dtype value = dtype::f64;
+};
+template <>
+struct dtype_of_impl<bf16> {
+    static constexpr dtype value = dtype::bf16;
+};
+template <>
+struct dtype_of_impl<half> {
+    static constexpr dtype value = dtype::f16;
+};
+template <>
+struct dtype_of_impl<std::int32_t> {
+    static constexpr dtype value = dtype::i32;
+};
+template <>
+struct dtype_of_impl<std::int64_t> {
+    static constexpr dtype value = dtype::i64;
+};
+template <>
+struct dtype_of_impl<std::uint8_t> {
+    static constexpr dtype value = dtype::u8;
+};
+template <>
+struct dtype_of_impl<bool> {
+    static constexpr dtype value = dtype::boolean;
+};
 }  // namespace detail
 
 /// Element types mmfuse can store in a tensor.
 template <class T>
-concept element_type = requires { detail::dtype_of_impl<std::remove_const_t<T>>::value; };
+concept element_type = requires {
+    detail::dtype_of_impl<std::remove_const_t<T>>::value;
+};
 
 /// Element types mmfuse computes in (the Eigen reference backend supports both).
 template <class T>
-concept compute_type = std::is_same_v<std::remove_const_t<T>, float> ||
-                       std::is_same_v<std::remove_const_t<T>, double>;
+concept compute_type = std::is_same_v < std::remove_const_t<T>,
+float > || std::is_same_v<std::remove_const_t<T>, double>;
 
 /// The `dtype` tag of a C++ element type (const ignored).
 template <element_type T>

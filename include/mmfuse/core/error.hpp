@@ -4,6 +4,7 @@
 ///
 ///   mmfuse::error              base; carries the module path ("text.proj") where it happened
 ///   ├── mmfuse::shape_error    shape, rank, stride or dtype mismatch; names expected and actual
+///   ├── mmfuse::value_error    a scalar argument out of its domain (lo > hi, std < 0, ...)
 ///   ├── mmfuse::backend_error  a backend cannot run an op, or a device call failed
 ///   └── mmfuse::io_error       a file is missing, truncated, corrupt or of the wrong type
 
@@ -59,6 +60,13 @@ public:
 private:
     std::string expected_;
     std::string actual_;
+};
+
+/// A scalar argument outside its domain (PyTorch raises ValueError/RuntimeError for these):
+/// the message names the parameter, the allowed range and the value.
+class value_error : public error {
+public:
+    using error::error;
 };
 
 /// A backend cannot execute an op (unsupported, out of memory, device failure).

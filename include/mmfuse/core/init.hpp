@@ -81,14 +81,14 @@ inline double calculate_gain(nonlinearity nl, std::optional<double> param = std:
         case nonlinearity::leaky_relu: {
             const double slope = param.value_or(0.01);
             if (!std::isfinite(slope))
-                throw error("calculate_gain",
-                            "expected a finite negative slope, got " + std::to_string(slope));
+                throw value_error("calculate_gain",
+                                  "expected a finite negative slope, got " + std::to_string(slope));
             return std::sqrt(2.0 / (1.0 + slope * slope));
         }
         case nonlinearity::selu:
             return 0.75;
     }
-    throw error("calculate_gain", "unknown nonlinearity");
+    throw value_error("calculate_gain", "unknown nonlinearity");
 }
 
 /// `I` initialises a `tensor_ref<T>` drawing from a `philox_generator`.
@@ -210,7 +210,7 @@ using kaiming_normal = kaiming<distribution::normal>;
 /// 2(u - l)·U_i, then x = mean + std·√2·erfinv(y), clamped to [a, b]. Computed in double, so
 /// each element uses exactly `words_per_uniform<T>` words (no rejection loop): deterministic
 /// and element-wise reproducible. y is kept inside (-1, 1) so no element becomes infinite.
-/// Throws `mmfuse::error` unless mean, std > 0, a < b are all finite. Accuracy degrades when
+/// Throws `value_error` unless mean, std > 0, a < b are all finite. Accuracy degrades when
 /// [a, b] lies far in one tail (PyTorch warns when mean is more than 2 std outside [a, b]).
 struct trunc_normal {
     double mean = 0.0;
@@ -222,10 +222,10 @@ struct trunc_normal {
     void operator()(philox_generator& gen, tensor_ref<T> param) const {
         if (!(std::isfinite(mean) && std::isfinite(std) && std > 0 && std::isfinite(a) &&
               std::isfinite(b) && a < b))
-            throw error("trunc_normal",
-                        "expected finite mean, std > 0 and a < b, got mean = " +
-                            std::to_string(mean) + ", std = " + std::to_string(std) +
-                            ", a = " + std::to_string(a) + ", b = " + std::to_string(b));
+            throw value_error("trunc_normal",
+                              "expected finite mean, std > 0 and a < b, got mean = " +
+                                  std::to_string(mean) + ", std = " + std::to_string(std) +
+                                  ", a = " + std::to_string(a) + ", b = " + std::to_string(b));
         const double lo = 2.0 * detail::norm_cdf((a - mean) / std) - 1.0;
         const double hi = 2.0 * detail::norm_cdf((b - mean) / std) - 1.0;
         const double ymin = std::nextafter(-1.0, 0.0), ymax = std::nextafter(1.0, 0.0);

@@ -15,15 +15,19 @@
 /// 3. `philox_generator` — (seed, subsequence, offset) with sequential draws, and the bulk
 ///    fills `fill_uniform` / `fill_normal` over strided `tensor_ref`s.
 ///
-/// The stream (same convention as cuRAND's `curand_init(seed, subsequence, offset, &state)`
-/// for `curandStatePhilox4_32_10_t`, and PyTorch's Philox engine):
+/// The stream:
 ///
 ///     key     = { lo32(seed), hi32(seed) }
 ///     word(p) = philox4x32_10({ lo32(p/4), hi32(p/4), lo32(subsequence), hi32(subsequence) },
 ///                             key)[p % 4]
 ///
-/// The generator's `offset` is a word position p (in units of 32-bit words, like cuRAND's
-/// `offset`). Same (seed, subsequence, offset) gives the same words on every device.
+/// The generator's `offset` is a word position p (in 32-bit words). This is the raw word
+/// sequence of cuRAND's device API: `curand_init(seed, subsequence, offset, &s)` on a
+/// `curandStatePhilox4_32_10_t` followed by `curand(&s)` calls returns word(offset),
+/// word(offset + 1), ... (cuRAND's own float transforms, e.g. `curand_uniform`, differ from
+/// the ones below; its host-API generator orders words differently). PyTorch's
+/// `at::Philox4_32` uses the same key and counter layout with its offset counted in 4-word
+/// blocks. Same (seed, subsequence, offset) gives the same words on every device.
 ///
 /// Bits to floating point (`uniform_at<T>(src, base, k)`, the k-th uniform after word `base`):
 ///
@@ -38,19 +42,19 @@
 ///
 ///     r = sqrt(-2 ln(1 - u1)),  θ = 2π u2;   element 2j = r cos θ,  element 2j+1 = r sin θ
 ///
-/// (1 - u1 is in (0, 1], so the log is finite: |z| <= 5.77 for float, 8.58 for double.) The
+/// (1 - u1 is in (0, 1], so the log is finite: |z| <= 5.77 for float, 8.57 for double.) The
 /// uniforms are bit-identical on all devices; normals agree up to the ulp differences of the
 /// device's log/sqrt/cos/sin.
 ///
 /// Fills: element i of a tensor in row-major *logical* order (whatever its strides) gets
-/// `lo + (hi - lo) * uniform_at<T>(base, i)` or `mean + std * normal_at<T>(base, i)`, where
-/// base is the generator's offset at the call. The call then advances the offset past every
-/// word it used: `uniform_words<T>(n)` or `normal_words<T>(n)` (n = numel). A GPU kernel
-/// reproduces a fill with thread i computing exactly that expression.
+/// `uniform_in<T>(uniform_at<T>(base, i), lo, hi)` (= lo + (hi - lo) u, kept inside [lo, hi))
+/// or `T(mean + std * normal_at<T>(base, i))`, where base is the generator's offset at the
+/// call. The call then advances the offset past every word it used: `uniform_words<T>(n)` or
+/// `normal_words<T>(n)` (n = numel). A GPU kernel reproduces a fill with thread i computing
+/// exactly that expression.
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <numbers>
 #include <string>
 #include <type_traits>
@@ -58,16 +62,8 @@
 #include "mmfuse/core/config.hpp"
 #include "mmfuse/core/dtype.hpp"
 #include "mmfuse/core/error.hpp"
+#include "mmfuse/core/strided.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
-
-/// Marks a function callable from both host and CUDA device code (empty outside nvcc).
-#ifndef MMFUSE_HOST_DEVICE
-#if defined(__CUDACC__)
-#define MMFUSE_HOST_DEVICE __host__ __device__
-#else
-#define MMFUSE_HOST_DEVICE
-#endif
-#endif
 
 namespace mmfuse::inline v0 {
 
@@ -200,12 +196,14 @@ MMFUSE_HOST_DEVICE T normal_at(Src&& src, std::uint64_t base, std::uint64_t i) {
 template <compute_type T>
 MMFUSE_HOST_DEVICE T uniform_in(T u, double lo, double hi) {
     if (!(lo < hi)) return T(lo);
+    // Largest finite T, as a literal (numeric_limits is host-only under nvcc).
+    constexpr T largest = std::is_same_v<T, float> ? T(0x1.fffffep127f) : T(0x1.fffffffffffffp1023);
     T x = T(lo + (hi - lo) * double(u));
-    if (double(x) < lo) x = std::nextafter(x, std::numeric_limits<T>::infinity());
+    if (double(x) < lo) x = std::nextafter(x, largest);
     if (double(x) >= hi) {
         x = T(hi);
         while (double(x) >= hi)
-            x = std::nextafter(x, -std::numeric_limits<T>::infinity());
+            x = std::nextafter(x, -largest);
     }
     return double(x) >= lo ? x : T(lo);
 }
@@ -323,37 +321,25 @@ void expect_writable_host(const tensor_ref<T>& t, std::string_view what) {
                             "device backend's fill)");
     if (t.numel() > 0 && t.data() == nullptr)
         throw shape_error(what, "output tensor", "a view with data", "a null view " + t.describe());
-    for (int a = 0; a < t.rank() && t.numel() > 0; ++a)
-        if (t.extent(a) > 1 && t.stride(a) == 0)
-            throw shape_error(what, "output tensor", "a view without stride-0 (broadcast) axes",
-                              "strides of " + t.describe());
+    if (t.numel() > 0 && has_broadcast_axis(t.extents(), t.strides()))
+        throw shape_error(what, "output tensor", "a view without stride-0 (broadcast) axes",
+                          "strides of " + t.describe());
 }
 
 /// Calls `f(element, i)` for every element of `t` with i its row-major logical index
 /// (0 .. numel-1), whatever the strides.
 template <class T, class F>
 void for_each_logical(const tensor_ref<T>& t, F&& f) {
-    const index_t n = t.numel();
-    if (n == 0) return;
-    const int rank = t.rank();
-    if (rank == 0) {
-        f(*t.data(), index_t(0));
-        return;
-    }
-    const index_t inner = t.extent(rank - 1), inner_stride = t.stride(rank - 1);
-    index_t idx[max_rank] = {};
-    index_t off = 0;
-    for (index_t i = 0; i < n; i += inner) {
-        T* row = t.data() + off;
-        for (index_t k = 0; k < inner; ++k)
-            f(row[k * inner_stride], i + k);
-        for (int a = rank - 2; a >= 0; --a) {  // advance the outer multi-index
-            off += t.stride(a);
-            if (++idx[a] < t.extent(a)) break;
-            off -= idx[a] * t.stride(a);
-            idx[a] = 0;
-        }
-    }
+    if (t.numel() == 0) return;
+    const index_t inner = t.rank() == 0 ? 1 : t.extent(-1);
+    const index_t inner_stride = t.rank() == 0 ? 0 : t.stride(-1);
+    T* const base = t.data();
+    for_each_row<1>(t.extents(), {t.strides()},
+                    [&](index_t row, const std::array<index_t, 1>& off) {
+                        T* const p = base + off[0];
+                        for (index_t k = 0; k < inner; ++k)
+                            f(p[k * inner_stride], row * inner + k);
+                    });
 }
 
 }  // namespace detail
@@ -377,14 +363,14 @@ void fill_with_uniforms(philox_generator& gen, tensor_ref<T> t, std::string_view
 /// Fills `t` (float or double, any strides; host memory) with independent draws from
 /// U[lo, hi). Element i (row-major logical order) gets `uniform_in<T>(uniform_at<T>(stream,
 /// offset, i), lo, hi)` with `offset` the generator's offset at the call; afterwards the offset
-/// has advanced by `uniform_words<T>(t.numel())`. Throws `mmfuse::error` unless lo <= hi (both
+/// has advanced by `uniform_words<T>(t.numel())`. Throws `value_error` unless lo <= hi (both
 /// finite), `shape_error` for null or broadcast (stride-0) views, `backend_error` for device
 /// views. No heap allocation.
 template <compute_type T>
 void fill_uniform(philox_generator& gen, tensor_ref<T> t, double lo, double hi) {
     if (!(std::isfinite(lo) && std::isfinite(hi) && lo <= hi))
-        throw error("fill_uniform", "expected finite lo <= hi, got lo = " + std::to_string(lo) +
-                                        ", hi = " + std::to_string(hi));
+        throw value_error("fill_uniform", "expected finite lo <= hi, got lo = " +
+                                              std::to_string(lo) + ", hi = " + std::to_string(hi));
     detail::fill_with_uniforms(gen, t, "fill_uniform",
                                [&](T u) { return uniform_in<T>(u, lo, hi); });
 }
@@ -392,14 +378,15 @@ void fill_uniform(philox_generator& gen, tensor_ref<T> t, double lo, double hi) 
 /// Fills `t` (float or double, any strides; host memory) with draws from N(mean, std^2).
 /// Element i (row-major logical order) gets `T(mean + std * normal_at<T>(stream, offset, i))`
 /// (the Box–Muller normal computed in `T`); afterwards the offset has advanced by
-/// `normal_words<T>(t.numel())`. Throws `mmfuse::error` unless mean is finite and std is finite
+/// `normal_words<T>(t.numel())`. Throws `value_error` unless mean is finite and std is finite
 /// and >= 0, plus the view errors of `fill_uniform`. No heap allocation.
 template <compute_type T>
 void fill_normal(philox_generator& gen, tensor_ref<T> t, double mean, double std) {
     static_assert(!std::is_const_v<T>, "mmfuse::fill_normal: cannot fill a view of const elements");
     if (!(std::isfinite(mean) && std::isfinite(std) && std >= 0))
-        throw error("fill_normal", "expected finite mean and finite std >= 0, got mean = " +
-                                       std::to_string(mean) + ", std = " + std::to_string(std));
+        throw value_error("fill_normal", "expected finite mean and finite std >= 0, got mean = " +
+                                             std::to_string(mean) +
+                                             ", std = " + std::to_string(std));
     detail::expect_writable_host(t, "fill_normal");
     philox_cursor src{gen.stream()};
     const std::uint64_t base = gen.offset();

@@ -60,8 +60,11 @@ public:
 
     /// Number of elements (1 for rank 0). Use `numel_overflows()` first on untrusted input.
     constexpr index_t numel() const noexcept {
+        for (int i = 0; i < rank_; ++i)
+            if (e_[i] == 0) return 0;  // before multiplying: the other extents may overflow
         index_t n = 1;
-        for (int i = 0; i < rank_; ++i) n *= e_[i];
+        for (int i = 0; i < rank_; ++i)
+            n *= e_[i];
         return n;
     }
 
@@ -81,9 +84,10 @@ public:
     constexpr int normalize_axis(int axis) const {
         const int a = axis < 0 ? axis + rank_ : axis;
         if (a < 0 || a >= rank_)
-            throw shape_error("", "axis", "an axis in [" + std::to_string(-rank_) + ", " +
-                                              std::to_string(rank_) + ")",
-                              "axis " + std::to_string(axis) + " of extents " + to_string());
+            throw shape_error(
+                "", "axis",
+                "an axis in [" + std::to_string(-rank_) + ", " + std::to_string(rank_) + ")",
+                "axis " + std::to_string(axis) + " of extents " + to_string());
         return a;
     }
 
@@ -105,7 +109,9 @@ public:
 
     constexpr const index_t* begin() const noexcept { return e_.data(); }
     constexpr const index_t* end() const noexcept { return e_.data() + rank_; }
-    constexpr std::span<const index_t> values() const noexcept { return {e_.data(), size_t(rank_)}; }
+    constexpr std::span<const index_t> values() const noexcept {
+        return {e_.data(), size_t(rank_)};
+    }
 
     friend constexpr bool operator==(const extents& a, const extents& b) noexcept {
         return a.rank_ == b.rank_ && std::equal(a.begin(), a.end(), b.begin());
@@ -125,8 +131,7 @@ public:
 private:
     constexpr void assign(std::span<const index_t> values) {
         if (values.size() > size_t(max_rank))
-            throw shape_error("", "mmfuse::extents",
-                              "rank <= " + std::to_string(max_rank),
+            throw shape_error("", "mmfuse::extents", "rank <= " + std::to_string(max_rank),
                               "rank " + std::to_string(values.size()));
         rank_ = int(values.size());
         for (int i = 0; i < rank_; ++i) {
@@ -149,8 +154,7 @@ private:
 ///
 /// Static axes cost no storage. `pattern()` prints `(?, ?, 512)`.
 template <class... Dims>
-    requires(dim_type<Dims> && ...)
-class shape {
+requires(dim_type<Dims>&&...) class shape {
 public:
     static constexpr int rank = int(sizeof...(Dims));
     static_assert(rank <= max_rank, "mmfuse::shape: rank exceeds mmfuse::max_rank");
@@ -219,9 +223,9 @@ namespace detail {
 template <class A, class B>
 struct shapes_compatible : std::false_type {};
 template <class... As, class... Bs>
-    requires(sizeof...(As) == sizeof...(Bs))
-struct shapes_compatible<shape<As...>, shape<Bs...>>
-    : std::bool_constant<(compatible_dims<As, Bs> && ...)> {};
+requires(sizeof...(As) == sizeof...(Bs)) struct shapes_compatible<shape<As...>, shape<Bs...>>
+    : std::bool_constant<(compatible_dims<As, Bs> && ...)> {
+};
 }  // namespace detail
 
 /// Two shape types can describe the same tensor: equal rank and every axis pair compatible.

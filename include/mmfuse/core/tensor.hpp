@@ -22,14 +22,16 @@ namespace mmfuse::inline v0 {
 namespace detail {
 /// Frees memory from `aligned_host_alloc`.
 struct aligned_free {
-    void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t(host_alignment)); }
+    void operator()(void* p) const noexcept {
+        ::operator delete(p, std::align_val_t(host_alignment));
+    }
 };
 
 /// `bytes` of uninitialised host memory aligned to `host_alignment` (never null; throws
 /// `std::bad_alloc`). Zero bytes yields a valid one-line allocation.
 inline void* aligned_host_alloc(std::size_t bytes) {
-    const std::size_t rounded =
-        std::max<std::size_t>(host_alignment, (bytes + host_alignment - 1) / host_alignment * host_alignment);
+    const std::size_t rounded = std::max<std::size_t>(
+        host_alignment, (bytes + host_alignment - 1) / host_alignment * host_alignment);
     return ::operator new(rounded, std::align_val_t(host_alignment));
 }
 }  // namespace detail
@@ -42,7 +44,8 @@ inline void* aligned_host_alloc(std::size_t bytes) {
 template <element_type T>
 class tensor {
     static_assert(!std::is_const_v<T>, "mmfuse::tensor: the element type must not be const");
-    static_assert(std::is_trivially_copyable_v<T>, "mmfuse::tensor: elements must be trivially copyable");
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "mmfuse::tensor: elements must be trivially copyable");
 
 public:
     using value_type = T;
@@ -83,8 +86,8 @@ public:
     tensor_ref<T> ref() noexcept { return {data(), extents_}; }
     tensor_ref<const T> ref() const noexcept { return {data(), extents_}; }
     tensor_ref<const T> cref() const noexcept { return {data(), extents_}; }
-    operator tensor_ref<T>() noexcept { return ref(); }                    // NOLINT
-    operator tensor_ref<const T>() const noexcept { return cref(); }       // NOLINT
+    operator tensor_ref<T>() noexcept { return ref(); }               // NOLINT
+    operator tensor_ref<const T>() const noexcept { return cref(); }  // NOLINT
 
     /// Flat element access (row-major order), unchecked.
     T& operator[](index_t i) noexcept { return data_.get()[i]; }
@@ -92,9 +95,13 @@ public:
 
     /// Multi-index element access, unchecked (asserted in debug builds).
     template <std::integral... I>
-    T& operator()(I... idx) noexcept { return ref()(idx...); }
+    T& operator()(I... idx) noexcept {
+        return ref()(idx...);
+    }
     template <std::integral... I>
-    const T& operator()(I... idx) const noexcept { return cref()(idx...); }
+    const T& operator()(I... idx) const noexcept {
+        return cref()(idx...);
+    }
 
     /// Sets every element to `value`.
     void fill(T value) noexcept { std::fill_n(data(), numel(), value); }

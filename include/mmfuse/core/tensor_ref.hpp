@@ -27,13 +27,15 @@ enum class memory_space : std::uint8_t { host, device };
 /// Per-axis strides in elements (not bytes), rank <= max_rank, inline storage.
 using stride_array = std::array<index_t, max_rank>;
 
-/// Row-major (C-order) strides of `e`: the last axis has stride 1.
+/// Row-major (C-order) strides of `e`: the last axis has stride 1. For a zero-size `e`
+/// (whose element count is 0 however large the other extents) the strides are computed
+/// with wrap-around instead of overflowing; they are never used to address memory.
 constexpr stride_array contiguous_strides(const extents& e) noexcept {
     stride_array s{};
-    index_t step = 1;
+    std::uint64_t step = 1;
     for (int i = e.rank() - 1; i >= 0; --i) {
-        s[size_t(i)] = step;
-        step *= e[i];
+        s[size_t(i)] = index_t(step);
+        step *= std::uint64_t(e[i]);
     }
     return s;
 }
@@ -58,8 +60,7 @@ public:
     constexpr tensor_ref() = default;
 
     /// Contiguous row-major view of `e` over `data`.
-    constexpr tensor_ref(T* data, const mmfuse::extents& e,
-                         memory_space space = memory_space::host)
+    constexpr tensor_ref(T* data, const mmfuse::extents& e, memory_space space = memory_space::host)
         : data_(data), extents_(e), strides_(contiguous_strides(e)), space_(space) {}
 
     /// Strided view. `strides` holds one non-negative stride (in elements) per axis.
@@ -79,10 +80,11 @@ public:
 
     /// `tensor_ref<float>` converts to `tensor_ref<const float>`.
     template <class U>
-        requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-    constexpr tensor_ref(const tensor_ref<U>& other)  // NOLINT(google-explicit-constructor)
+    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr tensor_ref(
+        const tensor_ref<U>& other)  // NOLINT(google-explicit-constructor)
         : data_(other.data()), extents_(other.extents()), space_(other.space()) {
-        for (int i = 0; i < extents_.rank(); ++i) strides_[size_t(i)] = other.stride(i);
+        for (int i = 0; i < extents_.rank(); ++i)
+            strides_[size_t(i)] = other.stride(i);
     }
 
     constexpr T* data() const noexcept { return data_; }
@@ -91,7 +93,9 @@ public:
     /// Extent of `axis` (negative counts from the end).
     constexpr index_t extent(int axis) const { return extents_[axis]; }
     /// Stride of `axis` in elements (negative counts from the end).
-    constexpr index_t stride(int axis) const { return strides_[size_t(extents_.normalize_axis(axis))]; }
+    constexpr index_t stride(int axis) const {
+        return strides_[size_t(extents_.normalize_axis(axis))];
+    }
     constexpr std::span<const index_t> strides() const noexcept {
         return {strides_.data(), size_t(extents_.rank())};
     }
@@ -129,9 +133,9 @@ public:
         index_t off = 0;
         for (int a = 0; a < rank(); ++a) {
             if (idx[size_t(a)] < 0 || idx[size_t(a)] >= extents_[a])
-                throw shape_error("", "tensor_ref::at", "an index below " + extents_.to_string(),
-                                  "index " + std::to_string(idx[size_t(a)]) + " at axis " +
-                                      std::to_string(a));
+                throw shape_error(
+                    "", "tensor_ref::at", "an index below " + extents_.to_string(),
+                    "index " + std::to_string(idx[size_t(a)]) + " at axis " + std::to_string(a));
             off += idx[size_t(a)] * strides_[size_t(a)];
         }
         return data_[off];
@@ -177,8 +181,9 @@ public:
             throw shape_error("", "tensor_ref::reshape", "a contiguous view",
                               "strides " + strides_string());
         if (e.numel() != numel())
-            throw shape_error("", "tensor_ref::reshape", "extents with " +
-                                  std::to_string(numel()) + " elements like " + extents_.to_string(),
+            throw shape_error("", "tensor_ref::reshape",
+                              "extents with " + std::to_string(numel()) + " elements like " +
+                                  extents_.to_string(),
                               e.to_string());
         return tensor_ref(data_, e, space_);
     }
@@ -187,8 +192,8 @@ public:
     constexpr tensor_ref unsqueeze(int axis) const {
         const int a = axis < 0 ? axis + rank() + 1 : axis;
         if (a < 0 || a > rank() || rank() == max_rank)
-            throw shape_error("", "tensor_ref::unsqueeze", "an axis in [0, " +
-                                  std::to_string(rank()) + "] and rank < max_rank",
+            throw shape_error("", "tensor_ref::unsqueeze",
+                              "an axis in [0, " + std::to_string(rank()) + "] and rank < max_rank",
                               "axis " + std::to_string(axis));
         std::array<index_t, max_rank> e{};
         tensor_ref r;
@@ -240,18 +245,18 @@ public:
 
     /// "f32 (2, 3) strides (3, 1)".
     std::string describe() const {
-        return std::string(dtype_name(element_dtype)) + " " + extents_.to_string() +
-               " strides " + strides_string();
+        return std::string(dtype_name(element_dtype)) + " " + extents_.to_string() + " strides " +
+               strides_string();
     }
 
 private:
     constexpr void check_range(int axis, index_t start, index_t length, const char* what) const {
         if (start < 0 || length < 0 || start + length > extents_[axis])
-            throw shape_error("", std::string("tensor_ref::") + what,
-                              "a range inside [0, " + std::to_string(extents_[axis]) +
-                                  ") on axis " + std::to_string(axis),
-                              "[" + std::to_string(start) + ", " + std::to_string(start + length) +
-                                  ")");
+            throw shape_error(
+                "", std::string("tensor_ref::") + what,
+                "a range inside [0, " + std::to_string(extents_[axis]) + ") on axis " +
+                    std::to_string(axis),
+                "[" + std::to_string(start) + ", " + std::to_string(start + length) + ")");
     }
     std::string strides_string() const {
         return mmfuse::extents::from({strides_.data(), size_t(rank())}).to_string();
@@ -262,6 +267,17 @@ private:
     stride_array strides_{};
     memory_space space_ = memory_space::host;
 };
+
+/// True when some axis of extent > 1 has stride 0, i.e. several logical elements share one
+/// memory location (a broadcast view from `expand`). Such a view can be read but must never
+/// be written.
+/// A view without elements never aliases anything.
+constexpr bool has_broadcast_axis(const extents& e, std::span<const index_t> strides) noexcept {
+    if (e.numel() == 0) return false;
+    for (int a = 0; a < e.rank(); ++a)
+        if (e[a] > 1 && strides[size_t(a)] == 0) return true;
+    return false;
+}
 
 /// Throws `shape_error` naming `module` and `what` unless `t` has exactly extents `expected`.
 template <class T>
@@ -284,7 +300,8 @@ public:
           extents_(t.extents()),
           type_(dtype_of<T>),
           space_(t.space()) {
-        for (int i = 0; i < t.rank(); ++i) strides_[size_t(i)] = t.stride(i);
+        for (int i = 0; i < t.rank(); ++i)
+            strides_[size_t(i)] = t.stride(i);
     }
 
     constexpr void* data() const noexcept { return data_; }
@@ -299,7 +316,8 @@ public:
     template <element_type T>
     tensor_ref<T> as() const {
         if (type_ != dtype_of<T>)
-            throw shape_error("", "any_tensor_ref::as", "dtype " + std::string(dtype_name(dtype_of<T>)),
+            throw shape_error("", "any_tensor_ref::as",
+                              "dtype " + std::string(dtype_name(dtype_of<T>)),
                               "dtype " + std::string(dtype_name(type_)));
         return tensor_ref<T>(static_cast<T*>(data_), extents_, strides(), space_);
     }

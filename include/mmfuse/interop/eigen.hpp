@@ -45,6 +45,12 @@ inline constexpr bool eigen_would_dangle =
     !std::is_lvalue_reference_v<E> &&
     std::is_base_of_v<Eigen::PlainObjectBase<std::remove_cvref_t<E>>, std::remove_cvref_t<E>>;
 
+/// What `view` accepts, and what its deleted overload catches.
+template <class E>
+concept eigen_viewable = eigen_direct_access<E> && !eigen_would_dangle<E>;
+template <class E>
+concept eigen_dangling = eigen_direct_access<E> && eigen_would_dangle<E>;
+
 /// Element type of the view of `E`: const when `E`'s coefficients are read-only.
 template <class E>
 using eigen_view_element = std::remove_reference_t<decltype(*std::declval<E&>().data())>;
@@ -91,9 +97,12 @@ static_shape_of<E> shape_of(const E& e) {
 /// column-major storage, blocks and `Map`/`Ref` with inner and outer strides are all
 /// described exactly. The element type is `const T` when `e` is read-only (a const object,
 /// `Map<const ...>`, `Ref<const ...>`). The caller keeps `e`'s storage alive; an rvalue
-/// Matrix/Array is rejected (the overload below is deleted) because its view would dangle.
+/// Matrix/Array is rejected (the overload below is deleted) because its view would dangle
+/// (so would a view of a temporary `Ref<const ...>` that had to copy its argument: bind
+/// such a Ref to a name first).
 template <class E>
-requires eigen_direct_access<E> &&(!detail::eigen_would_dangle<E>)auto view(E&& e) {
+requires detail::eigen_viewable<E>
+auto view(E&& e) {
     using T = detail::eigen_view_element<std::remove_reference_t<E>>;
     static_assert(element_type<T>,
                   "mmfuse::interop::view: Eigen scalar is not an mmfuse element type");
@@ -109,7 +118,7 @@ requires eigen_direct_access<E> &&(!detail::eigen_would_dangle<E>)auto view(E&& 
 
 /// Deleted: a view of a temporary Matrix/Array would dangle. Bind the object to a name first.
 template <class E>
-requires eigen_direct_access<E> && detail::eigen_would_dangle<E>
+requires detail::eigen_dangling<E>
 void view(E&& e) = delete;
 
 /// The `Eigen::Map` type `as_eigen` returns for element type `T` (const allowed) and

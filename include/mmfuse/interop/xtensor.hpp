@@ -51,6 +51,12 @@ inline constexpr bool xtensor_would_dangle =
     !std::is_lvalue_reference_v<E> &&
     std::is_same_v<typename std::remove_cvref_t<E>::temporary_type, std::remove_cvref_t<E>>;
 
+/// What `view` accepts, and what its deleted overload catches.
+template <class E>
+concept xtensor_viewable = xtensor_strided<E> && !xtensor_would_dangle<E>;
+template <class E>
+concept xtensor_dangling = xtensor_strided<E> && xtensor_would_dangle<E>;
+
 /// Element type of the view of `E`: const when `E`'s elements are read-only.
 template <class E>
 using xtensor_view_element = std::remove_reference_t<decltype(*std::declval<E&>().data())>;
@@ -63,7 +69,8 @@ using xtensor_view_element = std::remove_reference_t<decltype(*std::declval<E&>(
 /// when the rank exceeds `max_rank` or a stride is negative (reversed views). The caller
 /// keeps the storage alive; an owning rvalue container is rejected (deleted overload).
 template <class E>
-requires xtensor_strided<E> &&(!detail::xtensor_would_dangle<E>)auto view(E&& e) {
+requires detail::xtensor_viewable<E>
+auto view(E&& e) {
     using T = detail::xtensor_view_element<std::remove_reference_t<E>>;
     static_assert(element_type<T>,
                   "mmfuse::interop::view: xtensor value type is not an mmfuse element type");
@@ -95,7 +102,7 @@ requires xtensor_strided<E> &&(!detail::xtensor_would_dangle<E>)auto view(E&& e)
 
 /// Deleted: a view of a temporary owning container would dangle. Bind it to a name first.
 template <class E>
-requires xtensor_strided<E> && detail::xtensor_would_dangle<E>
+requires detail::xtensor_dangling<E>
 void view(E&& e) = delete;
 
 namespace detail {

@@ -33,13 +33,14 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 
-#include "mmfuse/backend/eigen/common.hpp"
 #include "mmfuse/core/config.hpp"
 #include "mmfuse/core/dtype.hpp"
 #include "mmfuse/core/error.hpp"
 #include "mmfuse/core/shape.hpp"
+#include "mmfuse/core/strided.hpp"
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 
@@ -56,8 +57,8 @@ struct npy_header {
     std::uint64_t data_bytes = 0;   ///< size of the element data (= numel * itemsize)
 };
 
-/// Largest header `npy_read_header` accepts, in bytes. NumPy writes headers of a few dozen
-/// bytes (and itself refuses headers above 10000 bytes by default).
+/// Largest header `npy_read_header` accepts, in bytes. NumPy writes headers of 64 to a few
+/// hundred bytes (and itself refuses headers above 10000 bytes by default).
 inline constexpr std::uint32_t npy_max_header_bytes = 1u << 16;
 
 /// True when `T` has a NumPy dtype and can be saved with `npy_save` / loaded with `npy_load`.
@@ -279,6 +280,8 @@ private:
 
 /// Opens `path` for reading and returns its size in bytes; throws `io_error` on failure.
 inline std::uint64_t open_for_reading(std::ifstream& in, const std::string& path) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) throw io_error(path, "is a directory, not a file");
     in.open(path, std::ios::binary);
     if (!in) throw io_error(path, "cannot open file for reading");
     in.seekg(0, std::ios::end);
@@ -333,14 +336,20 @@ inline npy_header read_header(std::ifstream& in, std::uint64_t file_size, const 
     read_exact(in, text.data(), header_len, path, "header");
     npy_dict_parser(text, path).parse(h);
 
-    std::uint64_t count = 1;
+    // The product of the non-zero extents must fit in index_t even when another extent is 0
+    // (NumPy refuses such arrays too): every partial product of the extents (element
+    // counts, row-major strides) is then representable.
+    std::uint64_t nonzero = 1;
+    bool empty = false;
     for (const index_t d : h.shape) {
-        if (__builtin_mul_overflow(count, std::uint64_t(d), &count))
+        empty = empty || d == 0;
+        if (__builtin_mul_overflow(nonzero, std::uint64_t(d == 0 ? 1 : d), &nonzero) ||
+            nonzero > std::uint64_t(std::numeric_limits<index_t>::max()))
             throw io_error(path, "malformed .npy header: shape " + h.shape.to_string() +
                                      " overflows the element count");
     }
-    if (count > std::uint64_t(std::numeric_limits<index_t>::max()) ||
-        __builtin_mul_overflow(count, std::uint64_t(dtype_size(h.type)), &h.data_bytes))
+    const std::uint64_t count = empty ? 0 : nonzero;
+    if (__builtin_mul_overflow(count, std::uint64_t(dtype_size(h.type)), &h.data_bytes))
         throw io_error(path, "malformed .npy header: shape " + h.shape.to_string() +
                                  " overflows the byte count");
     if (h.data_bytes != file_size - h.data_offset)
@@ -357,13 +366,13 @@ void copy_row_major(tensor_ref<const T> src, T* dst) {
     if (src.numel() == 0) return;
     const index_t n = src.rank() > 0 ? src.extent(-1) : 1;
     const index_t s = src.rank() > 0 ? src.stride(-1) : 1;
-    backend::eigen::for_each_row<1>(src.extents(), {src.strides()},
-                                    [&](index_t row, const std::array<index_t, 1>& off) {
-                                        const T* p = src.data() + off[0];
-                                        T* q = dst + row * n;
-                                        for (index_t j = 0; j < n; ++j)
-                                            q[j] = p[j * s];
-                                    });
+    for_each_row<1>(src.extents(), {src.strides()},
+                    [&](index_t row, const std::array<index_t, 1>& off) {
+                        const T* p = src.data() + off[0];
+                        T* q = dst + row * n;
+                        for (index_t j = 0; j < n; ++j)
+                            q[j] = p[j * s];
+                    });
 }
 
 /// Reverses the bytes of each of `count` elements of `size` bytes at `p`.

@@ -27,18 +27,19 @@ template <class T>
 void expect_rank(const op_context& cx, std::string_view operand, const tensor_ref<T>& t, int lo,
                  int hi) {
     if (t.rank() < lo || t.rank() > hi)
-        throw shape_error(cx.module, operand,
-                          lo == hi ? "rank " + std::to_string(lo)
-                                   : "rank " + std::to_string(lo) + " to " + std::to_string(hi),
-                          "rank " + std::to_string(t.rank()) + ", shape " + t.extents().to_string());
+        throw shape_error(
+            cx.module, operand,
+            lo == hi ? "rank " + std::to_string(lo)
+                     : "rank " + std::to_string(lo) + " to " + std::to_string(hi),
+            "rank " + std::to_string(t.rank()) + ", shape " + t.extents().to_string());
 }
 
 /// `operand` must be non-null when it has elements (a planner view was passed by mistake).
 template <class T>
 void expect_data(const op_context& cx, std::string_view operand, const tensor_ref<T>& t) {
     if (t.data() == nullptr && t.numel() > 0)
-        throw shape_error(cx.module, operand, "a view with memory", "a null view " +
-                                                                         t.extents().to_string());
+        throw shape_error(cx.module, operand, "a view with memory",
+                          "a null view " + t.extents().to_string());
 }
 
 /// An extent of `operand` must equal `expected` (used for e.g. the last axis of a norm).

@@ -50,9 +50,9 @@ void submit_parts(const op_context& cx, const op_desc& op, const tensor_ref<W>& 
     const std::span<const any_tensor_ref> p(list.data(), parts.size());
     const std::span<const any_tensor_ref> one(&w, 1);
     if (parts_are_inputs)
-        cx.stream->execute(op, p, one);
+        submit(cx, op, p, one);
     else
-        cx.stream->execute(op, one, p);
+        submit(cx, op, one, p);
 }
 
 /// "(3, ?, 5)": `e` with '?' on `axis`.

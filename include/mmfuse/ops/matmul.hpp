@@ -18,8 +18,10 @@ namespace mmfuse::inline v0::ops {
 ///   b  (K, N) | (B, K, N)     — (N, K) | (B, N, K) with `transpose_b`
 ///   c  (M, N) | (B, M, N)     — rank 3 iff a or b is rank 3; a rank-2 operand is shared
 ///                               by every batch entry (e.g. x (B, T, K) @ W^T: reshape x)
-/// Any strides are accepted. With beta == 0, C is write-only (NaNs in C are ignored, as in
-/// BLAS). Throws `shape_error` naming the module and both shapes on a mismatch.
+/// Any non-negative strides are accepted (a transposed or narrowed view needs no copy; inputs
+/// may be stride-0 broadcasts). With beta == 0, C is write-only (NaNs in C are ignored); with
+/// alpha == 0 or K == 0, A and B are not read (BLAS semantics). C must not overlap A or B.
+/// Throws `shape_error` naming the module and both shapes on a mismatch, before submitting.
 template <compute_type T>
 void matmul(const op_context& cx, tensor_ref<const std::type_identity_t<T>> a,
             tensor_ref<const std::type_identity_t<T>> b, tensor_ref<T> c, matmul_desc d = {}) {
@@ -33,10 +35,12 @@ void matmul(const op_context& cx, tensor_ref<const std::type_identity_t<T>> a,
     const index_t kb = d.transpose_b ? b.extent(-1) : b.extent(-2);
     const index_t n = d.transpose_b ? b.extent(-2) : b.extent(-1);
     if (ka != kb)
-        throw shape_error(cx.module, "matmul inner dimensions (op(a) columns vs op(b) rows)",
-                          "a " + a.extents().to_string() + " and b with " + std::to_string(ka) +
-                              (d.transpose_b ? " columns" : " rows"),
-                          "b " + b.extents().to_string());
+        throw shape_error(cx.module, "matmul operand b (inner dimension)",
+                          "a shape with " + std::to_string(ka) +
+                              (d.transpose_b ? " columns (transpose_b)" : " rows") +
+                              " to match op(a) = (" + std::to_string(m) + ", " +
+                              std::to_string(ka) + ") from a " + a.extents().to_string(),
+                          "shape " + b.extents().to_string());
     const bool batched = a.rank() == 3 || b.rank() == 3;
     if (a.rank() == 3 && b.rank() == 3 && a.extent(0) != b.extent(0))
         throw shape_error(

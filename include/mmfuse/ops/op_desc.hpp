@@ -27,6 +27,13 @@ enum class unary_kind : std::uint8_t {
     tanh,       ///< tanh(x)
 };
 
+/// Element-wise binary operations.
+enum class binary_kind : std::uint8_t {
+    add,  ///< a + b
+    sub,  ///< a - b
+    mul,  ///< a * b
+};
+
 /// Reductions over one axis.
 enum class reduce_kind : std::uint8_t { sum, mean };
 
@@ -83,7 +90,8 @@ struct layer_norm_backward_desc {
     bool affine = true;
     bool bias = true;
     bool accumulate = false;
-    friend bool operator==(const layer_norm_backward_desc&, const layer_norm_backward_desc&) = default;
+    friend bool operator==(const layer_norm_backward_desc&,
+                           const layer_norm_backward_desc&) = default;
 };
 
 /// RMS normalisation over the last axis: y = x / sqrt(mean(x^2) + eps) * gamma
@@ -114,10 +122,19 @@ struct unary_backward_desc {
     friend bool operator==(const unary_backward_desc&, const unary_backward_desc&) = default;
 };
 
+/// y = a (op) b element-wise; a and b are views broadcast (NumPy rules, stride 0) to y's
+/// extents by the front-end.  in: a, b (y's extents).  out: y (may be the memory of a or b).
+struct binary_desc {
+    binary_kind kind = binary_kind::add;
+    friend bool operator==(const binary_desc&, const binary_desc&) = default;
+};
+
 /// Sum or mean over `axis`.  in: x.  out: y with `axis` removed or kept with extent 1.
+/// With `accumulate`, the result is added to y (y += reduce(x)), as bias gradients need.
 struct reduce_desc {
     reduce_kind kind = reduce_kind::sum;
     int axis = -1;
+    bool accumulate = false;
     friend bool operator==(const reduce_desc&, const reduce_desc&) = default;
 };
 
@@ -140,31 +157,87 @@ struct copy_desc {
 };
 
 /// Every op a backend may be asked to execute.
-using op_desc = std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc,
-                             layer_norm_desc, layer_norm_backward_desc, rms_norm_desc,
-                             rms_norm_backward_desc, unary_desc, unary_backward_desc, reduce_desc,
-                             concat_desc, split_desc, copy_desc>;
+using op_desc =
+    std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc, layer_norm_desc,
+                 layer_norm_backward_desc, rms_norm_desc, rms_norm_backward_desc, unary_desc,
+                 unary_backward_desc, binary_desc, reduce_desc, concat_desc, split_desc,
+                 copy_desc>;
 
 /// Human-readable op name for errors and benchmark labels ("matmul", "softmax_backward").
 constexpr std::string_view op_name(const op_desc& op) noexcept {
-    constexpr std::string_view names[] = {
-        "matmul",         "bias_add",           "softmax",          "softmax_backward",
-        "layer_norm",     "layer_norm_backward", "rms_norm",        "rms_norm_backward",
-        "unary",          "unary_backward",     "reduce",           "concat",
-        "split",          "copy"};
+    constexpr std::string_view names[] = {"matmul",     "bias_add",
+                                          "softmax",    "softmax_backward",
+                                          "layer_norm", "layer_norm_backward",
+                                          "rms_norm",   "rms_norm_backward",
+                                          "unary",      "unary_backward",
+                                          "binary",     "reduce",
+                                          "concat",
+                                          "split",      "copy"};
     static_assert(std::size(names) == std::variant_size_v<op_desc>);
     return names[op.index()];
+}
+
+/// How many tensors an op takes and writes; `variadic` means "one or more" (concat inputs,
+/// split outputs, at most 16 through the front-ends).
+struct operand_counts {
+    static constexpr int variadic = -1;
+    int inputs;
+    int outputs;
+};
+
+/// The operand counts `op` implies — the single source of truth backends check against,
+/// so that a direct `stream::execute` call with a wrong count is refused before any kernel
+/// indexes past the end of a span.
+constexpr operand_counts operand_count(const op_desc& op) noexcept {
+    struct visitor {
+        constexpr operand_counts operator()(const matmul_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const bias_add_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const softmax_desc& d) const {
+            return {1 + d.masked, 1};
+        }
+        constexpr operand_counts operator()(const softmax_backward_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const layer_norm_desc& d) const {
+            return {1 + d.affine + (d.affine && d.bias), 3};
+        }
+        constexpr operand_counts operator()(const layer_norm_backward_desc& d) const {
+            return {4 + d.affine, 1 + d.affine + (d.affine && d.bias)};
+        }
+        constexpr operand_counts operator()(const rms_norm_desc& d) const {
+            return {1 + d.affine, 2};
+        }
+        constexpr operand_counts operator()(const rms_norm_backward_desc& d) const {
+            return {3 + d.affine, 1 + d.affine};
+        }
+        constexpr operand_counts operator()(const unary_desc&) const { return {1, 1}; }
+        constexpr operand_counts operator()(const unary_backward_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const binary_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const reduce_desc&) const { return {1, 1}; }
+        constexpr operand_counts operator()(const concat_desc&) const {
+            return {operand_counts::variadic, 1};
+        }
+        constexpr operand_counts operator()(const split_desc&) const {
+            return {1, operand_counts::variadic};
+        }
+        constexpr operand_counts operator()(const copy_desc&) const { return {1, 1}; }
+    };
+    return std::visit(visitor{}, op);
 }
 
 /// Name of an activation ("relu", "gelu_erf", ...).
 constexpr std::string_view unary_name(unary_kind k) noexcept {
     switch (k) {
-        case unary_kind::relu: return "relu";
-        case unary_kind::gelu_erf: return "gelu_erf";
-        case unary_kind::gelu_tanh: return "gelu_tanh";
-        case unary_kind::silu: return "silu";
-        case unary_kind::sigmoid: return "sigmoid";
-        case unary_kind::tanh: return "tanh";
+        case unary_kind::relu:
+            return "relu";
+        case unary_kind::gelu_erf:
+            return "gelu_erf";
+        case unary_kind::gelu_tanh:
+            return "gelu_tanh";
+        case unary_kind::silu:
+            return "silu";
+        case unary_kind::sigmoid:
+            return "sigmoid";
+        case unary_kind::tanh:
+            return "tanh";
     }
     return "?";
 }

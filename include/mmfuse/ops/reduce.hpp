@@ -18,10 +18,11 @@ namespace mmfuse::inline v0::ops {
 /// y = sum or mean of x over `axis` (negative counts from the end).
 ///   x of rank >= 1; y with x's extents and `axis` removed (keepdim = false) or kept with
 ///   extent 1 (keepdim = true). The mean over an empty axis is NaN (as in PyTorch).
+/// With `accumulate` the result is added to y instead of overwriting it (y += reduce(x)).
 /// Any strides. Throws `shape_error` naming `cx.module` and both shapes on a mismatch.
 template <compute_type T>
 void reduce(const op_context& cx, reduce_kind kind, int axis,
-            tensor_ref<const std::type_identity_t<T>> x, tensor_ref<T> y) {
+            tensor_ref<const std::type_identity_t<T>> x, tensor_ref<T> y, bool accumulate = false) {
     detail::expect_rank(cx, "reduce input x", x, 1, max_rank);
     const int r = x.rank();
     if (axis < -r || axis >= r)
@@ -40,7 +41,7 @@ void reduce(const op_context& cx, reduce_kind kind, int axis,
                           "shape " + y.extents().to_string());
     detail::expect_data(cx, "reduce input x", x);
     detail::expect_data(cx, "reduce output y", y);
-    detail::submit<1, 1>(cx, reduce_desc{kind, ax}, {x}, {y});
+    detail::submit<1, 1>(cx, reduce_desc{kind, ax, accumulate}, {x}, {y});
 }
 
 }  // namespace mmfuse::inline v0::ops

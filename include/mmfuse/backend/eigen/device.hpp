@@ -30,8 +30,11 @@ public:
     backend::device& device() noexcept override;
     void execute(const ops::op_desc& op, std::span<const any_tensor_ref> inputs,
                  std::span<const any_tensor_ref> outputs) override {
-        for (const any_tensor_ref& t : inputs) check_host(op, t);
-        for (const any_tensor_ref& t : outputs) check_host(op, t);
+        check_operand_count("eigen", op, inputs, outputs);
+        for (const any_tensor_ref& t : inputs)
+            check_host(op, t);
+        for (const any_tensor_ref& t : outputs)
+            check_host(op, t);
         std::visit([&](const auto& d) { run(d, inputs, outputs); }, op);
     }
     void synchronize() override {}
@@ -63,13 +66,17 @@ public:
                (type == dtype::bf16 || type == dtype::f16);
     }
     stream& default_stream() override { return stream_; }
-    std::unique_ptr<stream> create_stream() override { return std::make_unique<eigen_stream>(*this); }
+    std::unique_ptr<stream> create_stream() override {
+        return std::make_unique<eigen_stream>(*this);
+    }
 
 private:
     eigen_device() : stream_(*this) {}
     eigen_stream stream_;
 };
 
-inline backend::device& eigen_stream::device() noexcept { return *device_; }
+inline backend::device& eigen_stream::device() noexcept {
+    return *device_;
+}
 
 }  // namespace mmfuse::inline v0::backend::eigen

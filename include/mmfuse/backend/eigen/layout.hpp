@@ -10,7 +10,6 @@
 #include <type_traits>
 
 #include "mmfuse/backend/eigen/common.hpp"
-#include "mmfuse/backend/eigen/pointwise.hpp"
 #include "mmfuse/core/dtype.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/ops/op_desc.hpp"

@@ -21,7 +21,6 @@
 #include <span>
 
 #include "mmfuse/backend/eigen/common.hpp"
-#include "mmfuse/backend/eigen/softmax.hpp"  // detail::expect_arity
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/ops/op_desc.hpp"
 
@@ -155,7 +154,6 @@ tensor_ref<T> optional_operand(std::span<const any_tensor_ref> ops, bool present
 inline void run(const ops::layer_norm_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
     const bool bias = d.affine && d.bias;
-    detail::expect_arity("layer_norm", in, 1 + d.affine + bias, out, 3);
     dispatch_compute(in[0].type(), "layer_norm", [&]<class T>() {
         detail::norm_forward<T>(in[0].as<const T>(),
                                 detail::optional_operand<const T>(in, d.affine, 1),
@@ -169,7 +167,6 @@ inline void run(const ops::layer_norm_desc& d, std::span<const any_tensor_ref> i
 inline void run(const ops::layer_norm_backward_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
     const bool bias = d.affine && d.bias;
-    detail::expect_arity("layer_norm_backward", in, 4 + d.affine, out, 1 + d.affine + bias);
     dispatch_compute(in[0].type(), "layer_norm_backward", [&]<class T>() {
         detail::norm_backward<T>(in[0].as<const T>(), in[1].as<const T>(), in[2].as<const T>(),
                                  in[3].as<const T>(),
@@ -182,7 +179,6 @@ inline void run(const ops::layer_norm_backward_desc& d, std::span<const any_tens
 /// rms_norm: in x [, gamma]; out y, rstd. See `ops::rms_norm_desc`.
 inline void run(const ops::rms_norm_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
-    detail::expect_arity("rms_norm", in, 1 + d.affine, out, 2);
     dispatch_compute(in[0].type(), "rms_norm", [&]<class T>() {
         detail::norm_forward<T>(
             in[0].as<const T>(), detail::optional_operand<const T>(in, d.affine, 1),
@@ -194,7 +190,6 @@ inline void run(const ops::rms_norm_desc& d, std::span<const any_tensor_ref> in,
 /// See `ops::rms_norm_backward_desc`.
 inline void run(const ops::rms_norm_backward_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
-    detail::expect_arity("rms_norm_backward", in, 3 + d.affine, out, 1 + d.affine);
     dispatch_compute(in[0].type(), "rms_norm_backward", [&]<class T>() {
         detail::norm_backward<T>(
             in[0].as<const T>(), in[1].as<const T>(), tensor_ref<const T>{}, in[2].as<const T>(),

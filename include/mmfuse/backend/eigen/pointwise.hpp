@@ -1,7 +1,6 @@
 #pragma once
 /// \file
-/// Eigen reference kernels: bias add, activations and their backward, plus `map_elements`,
-/// the strided element-wise loop they (and the layout kernels) share.
+/// Eigen reference kernels: bias add, activations and their backward.
 /// Implementation detail of the Eigen backend (no stability promise).
 
 #include <array>
@@ -17,44 +16,19 @@
 
 namespace mmfuse::inline v0::backend::eigen {
 
-namespace detail {
-template <class Out, class F, class... In, std::size_t... I>
-void map_elements_impl(std::index_sequence<I...>, const tensor_ref<Out>& y, F& f,
-                       const tensor_ref<In>&... in) {
-    constexpr std::size_t n_ops = 1 + sizeof...(In);
-    const extents& e = y.extents();
-    if (e.numel() == 0) return;
-    const bool scalar = e.rank() == 0;
-    const index_t n = scalar ? 1 : e[-1];
-    const std::array<index_t, n_ops> step{scalar ? 0 : y.stride(-1),
-                                          (scalar ? 0 : in.stride(-1))...};
-    bool unit = true;
-    for (index_t s : step)
-        unit = unit && s == 1;
-    Out* const py0 = y.data();
-    const std::tuple<In*...> pin0{in.data()...};
-    for_each_row<n_ops>(e, {y.strides(), in.strides()...},
-                        [&](index_t, const std::array<index_t, n_ops>& off) {
-                            Out* const py = py0 + off[0];
-                            const std::tuple<In*...> p{(std::get<I>(pin0) + off[I + 1])...};
-                            if (unit) {  // the dense case, kept separate so that it vectorises
-                                for (index_t j = 0; j < n; ++j)
-                                    py[j] = f(std::get<I>(p)[j]...);
-                            } else {
-                                for (index_t j = 0; j < n; ++j)
-                                    py[j * step[0]] = f(std::get<I>(p)[j * step[I + 1]]...);
-                            }
-                        });
-}
-}  // namespace detail
-
-/// y[i] = f(in[i]...) for every index i of y's extents. Every input has y's extents
-/// (stride-0 broadcast views are fine); each operand is addressed with its own strides.
-/// y may be exactly the memory of an input (same data and strides: in place); partially
-/// overlapping operands are not supported. Never allocates.
-template <class Out, class F, class... In>
-void map_elements(const tensor_ref<Out>& y, F&& f, const tensor_ref<In>&... in) {
-    detail::map_elements_impl(std::index_sequence_for<In...>{}, y, f, in...);
+/// binary_desc: y = a (op) b; a and b already have y's extents (broadcast views).
+inline void run(const ops::binary_desc& d, std::span<const any_tensor_ref> in,
+                std::span<const any_tensor_ref> out) {
+    dispatch_compute(out[0].type(), "binary", [&]<class T>() {
+        const auto a = in[0].as<const T>();
+        const auto b = in[1].as<const T>();
+        const auto y = out[0].as<T>();
+        switch (d.kind) {
+            case ops::binary_kind::add: map_elements(y, [](T u, T v) { return u + v; }, a, b); break;
+            case ops::binary_kind::sub: map_elements(y, [](T u, T v) { return u - v; }, a, b); break;
+            case ops::binary_kind::mul: map_elements(y, [](T u, T v) { return u * v; }, a, b); break;
+        }
+    });
 }
 
 /// bias_add_desc: y = x + bias (bias broadcast over every axis but the last).

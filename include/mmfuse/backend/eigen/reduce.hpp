@@ -14,9 +14,10 @@ namespace mmfuse::inline v0::backend::eigen {
 
 namespace detail {
 
-/// y = sum or mean of x over `axis`; y has x's extents with `axis` removed or set to 1.
+/// y = sum or mean of x over `axis` (added to y when `accumulate`); y has x's extents with
+/// `axis` removed or set to 1.
 template <class T>
-void reduce_kernel(ops::reduce_kind kind, int axis, const tensor_ref<const T>& x,
+void reduce_kernel(ops::reduce_kind kind, int axis, bool accumulate, const tensor_ref<const T>& x,
                    const tensor_ref<T>& y) {
     const int ax = x.extents().normalize_axis(axis);
     // y's strides laid out on x's axes, stride 0 on the reduced axis.
@@ -42,7 +43,8 @@ void reduce_kernel(ops::reduce_kind kind, int axis, const tensor_ref<const T>& x
                         double acc = 0.0;
                         for (index_t j = 0; j < n; ++j)
                             acc += double(p[j * step]);
-                        y.data()[off[1]] = T(mean ? acc / double(n) : acc);
+                        T& out = y.data()[off[1]];
+                        out = T((accumulate ? double(out) : 0.0) + (mean ? acc / double(n) : acc));
                     });
 }
 
@@ -52,7 +54,7 @@ void reduce_kernel(ops::reduce_kind kind, int axis, const tensor_ref<const T>& x
 inline void run(const ops::reduce_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
     dispatch_compute(in[0].type(), "reduce", [&]<class T>() {
-        detail::reduce_kernel<T>(d.kind, d.axis, in[0].as<const T>(), out[0].as<T>());
+        detail::reduce_kernel<T>(d.kind, d.axis, d.accumulate, in[0].as<const T>(), out[0].as<T>());
     });
 }
 

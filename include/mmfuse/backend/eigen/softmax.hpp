@@ -22,17 +22,6 @@ namespace mmfuse::inline v0::backend::eigen {
 
 namespace detail {
 
-/// Throws `backend_error` unless the op got exactly `ni` inputs and `no` outputs (the
-/// front-ends guarantee this; a direct `stream::execute` call may not).
-inline void expect_arity(std::string_view op, std::span<const any_tensor_ref> in, std::size_t ni,
-                         std::span<const any_tensor_ref> out, std::size_t no) {
-    if (in.size() != ni || out.size() != no)
-        throw backend_error("eigen", std::string(op) + ": expected " + std::to_string(ni) +
-                                         " inputs and " + std::to_string(no) + " outputs, got " +
-                                         std::to_string(in.size()) + " and " +
-                                         std::to_string(out.size()));
-}
-
 /// y = softmax(scale * x) over the last axis of every row; `mask` (same extents as x, any
 /// strides) excludes entries where it is false when `masked`. A row with no kept entry, or
 /// whose kept entries are all -inf after scaling, is written as zeros. Max-subtraction keeps
@@ -89,7 +78,7 @@ void softmax_backward(const tensor_ref<const T>& y, const tensor_ref<const T>& d
                             dot += double(dyr[j * sdy]) * double(yr[j * sy]);
                         for (index_t j = 0; j < n; ++j)
                             dxr[j * sdx] =
-                                T(scale * double(yr[j * sy]) * (double(dyr[j * sdy]) - 0.0 * dot));
+                                T(scale * double(yr[j * sy]) * (double(dyr[j * sdy]) - dot));
                     });
 }
 
@@ -98,7 +87,6 @@ void softmax_backward(const tensor_ref<const T>& y, const tensor_ref<const T>& d
 /// softmax: in x [, mask (bool)], out y. See `ops::softmax_desc`.
 inline void run(const ops::softmax_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
-    detail::expect_arity("softmax", in, d.masked ? 2 : 1, out, 1);
     dispatch_compute(in[0].type(), "softmax", [&]<class T>() {
         const tensor_ref<const bool> mask =
             d.masked ? in[1].as<const bool>() : tensor_ref<const bool>{};
@@ -109,7 +97,6 @@ inline void run(const ops::softmax_desc& d, std::span<const any_tensor_ref> in,
 /// softmax_backward: in y, dy; out dx. See `ops::softmax_backward_desc`.
 inline void run(const ops::softmax_backward_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
-    detail::expect_arity("softmax_backward", in, 2, out, 1);
     dispatch_compute(in[0].type(), "softmax_backward", [&]<class T>() {
         detail::softmax_backward<T>(in[0].as<const T>(), in[1].as<const T>(), out[0].as<T>(),
                                     d.scale);

@@ -1,0 +1,27 @@
+#pragma once
+/// \file
+/// Umbrella header for users and examples: the whole header-only core, the op front-ends,
+/// the backend registry with the Eigen reference backend, Eigen/xtensor interop and .npy
+/// I/O. mmfuse's own headers never include it (each includes exactly what it uses), and the
+/// test build does not use it, so that a missing include cannot hide behind it.
+
+#include "mmfuse/backend/registry.hpp"
+#include "mmfuse/core/arena.hpp"
+#include "mmfuse/core/dim.hpp"
+#include "mmfuse/core/dtype.hpp"
+#include "mmfuse/core/error.hpp"
+#include "mmfuse/core/init.hpp"
+#include "mmfuse/core/philox.hpp"
+#include "mmfuse/core/shape.hpp"
+#include "mmfuse/core/strided.hpp"
+#include "mmfuse/core/tensor.hpp"
+#include "mmfuse/core/tensor_ref.hpp"
+#include "mmfuse/interop/eigen.hpp"
+#include "mmfuse/interop/xtensor.hpp"
+#include "mmfuse/io/npy.hpp"
+#include "mmfuse/ops/layout.hpp"
+#include "mmfuse/ops/matmul.hpp"
+#include "mmfuse/ops/norm.hpp"
+#include "mmfuse/ops/pointwise.hpp"
+#include "mmfuse/ops/reduce.hpp"
+#include "mmfuse/ops/softmax.hpp"
