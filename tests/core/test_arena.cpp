@@ -73,8 +73,10 @@ TEST_CASE("growing_arena: first step sizes it, later steps reuse one block", "[c
         g.reset();
         const auto spans = run_sequence(g, n);
         auto big = g.allocate<double>({4 * n});  // forces a second block on the first step
-        for (index_t i = 0; i < big.numel(); ++i) big.data()[i] = double(i);  // ASan: in bounds
-        for (const auto& [p, bytes] : spans) REQUIRE(p % host_alignment == 0);
+        for (index_t i = 0; i < big.numel(); ++i)
+            big.data()[i] = double(i);  // ASan: in bounds
+        for (const auto& [p, bytes] : spans)
+            REQUIRE(p % host_alignment == 0);
         REQUIRE(std::uintptr_t(big.data()) % host_alignment == 0);
         // Live views never overlap: x (spans[0]) vs z (spans[2]) vs big.
         const auto [px, bx] = spans[0];
@@ -84,7 +86,7 @@ TEST_CASE("growing_arena: first step sizes it, later steps reuse one block", "[c
         REQUIRE((pb >= pz + bz || pb + std::size_t(big.numel()) * 8 <= pz));
         REQUIRE((pb >= px + bx || pb + std::size_t(big.numel()) * 8 <= px));
         if (step >= 1) REQUIRE(g.block_count() == 1);  // folded into one block by reset()
-        if (step >= 2) REQUIRE(spans == first);          // steady state: same memory reused
+        if (step >= 2) REQUIRE(spans == first);        // steady state: same memory reused
         first = spans;
     }
     REQUIRE(g.high_water_bytes() >= std::size_t(4 * n) * 8);

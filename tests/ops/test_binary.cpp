@@ -15,9 +15,12 @@ using namespace mmfuse_test;
 namespace {
 double apply(ops::binary_kind k, double a, double b) {
     switch (k) {
-        case ops::binary_kind::add: return a + b;
-        case ops::binary_kind::sub: return a - b;
-        case ops::binary_kind::mul: return a * b;
+        case ops::binary_kind::add:
+            return a + b;
+        case ops::binary_kind::sub:
+            return a - b;
+        case ops::binary_kind::mul:
+            return a * b;
     }
     return 0.0;
 }
@@ -59,7 +62,8 @@ TEMPLATE_TEST_CASE("binary add, sub, mul broadcast like NumPy for every layout",
             const auto av = a.values(), bv = b.values();
             std::vector<double> ref;
             for_each_index(ye, [&](const auto& idx) {
-                ref.push_back(apply(k, av[source_index(ae, ye, idx)], bv[source_index(be, ye, idx)]));
+                ref.push_back(
+                    apply(k, av[source_index(ae, ye, idx)], bv[source_index(be, ye, idx)]));
             });
             INFO("a " << ae.to_string() << " b " << be.to_string() << " kind " << int(k));
             REQUIRE(max_rel_error(y.values(), ref) <= tolerance<T>());
@@ -73,7 +77,8 @@ TEST_CASE("binary works in place (residual add)", "[ops][binary]") {
     auto f = random_tensor<double>({3, 5}, rng);
     const auto x0 = x.clone();
     ops::add(backend::default_stream(), x.cref(), f.cref(), x.ref());
-    for (index_t i = 0; i < x.numel(); ++i) REQUIRE(x[i] == x0[i] + f[i]);
+    for (index_t i = 0; i < x.numel(); ++i)
+        REQUIRE(x[i] == x0[i] + f[i]);
 }
 
 TEST_CASE("binary rejects non-broadcastable operands and broadcast outputs", "[ops][binary]") {

@@ -5,16 +5,18 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <set>
 #include <variant>
 #include <vector>
 
 #include "mmfuse/backend/eigen/device.hpp"
 #include "mmfuse/backend/registry.hpp"
+#include "mmfuse/ops/binary.hpp"
+#include "mmfuse/ops/gather.hpp"
 #include "mmfuse/ops/layout.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
-#include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/pointwise.hpp"
 #include "mmfuse/ops/reduce.hpp"
 #include "mmfuse/ops/softmax.hpp"
@@ -60,7 +62,8 @@ std::vector<op_case> all_cases() {
         auto& y = r.output<T>({2, 3, 8});
         ops::bias_add(r.stream, x.cref(), b.cref(), y.ref());
     });
-    for (ops::binary_kind k : {ops::binary_kind::add, ops::binary_kind::sub, ops::binary_kind::mul}) {
+    for (ops::binary_kind k :
+         {ops::binary_kind::add, ops::binary_kind::sub, ops::binary_kind::mul}) {
         add("binary " + std::to_string(int(k)), ops::binary_desc{k}, [k]<class T>(case_run& r) {
             auto& a = r.input<T>({2, 3, 8});
             auto& b = r.input<T>({3, 8});  // broadcast over the leading axis
@@ -86,17 +89,41 @@ std::vector<op_case> all_cases() {
     }
 
     // ---- softmax ----
-    add("softmax scaled", ops::softmax_desc{0.3, false}, []<class T>(case_run& r) {
+    add("softmax scaled", ops::softmax_desc{0.3, 0}, []<class T>(case_run& r) {
         auto& x = r.input<T>({2, 4, 9}, -5.0, 5.0);
         auto& y = r.output<T>({2, 4, 9});
         ops::softmax(r.stream, x.cref(), y.ref(), 0.3);
     });
-    add("softmax with a broadcast key-padding mask", ops::softmax_desc{0.5, true},
+    add("softmax with a broadcast key-padding mask", ops::softmax_desc{0.5, 1},
         []<class T>(case_run& r) {
             auto& x = r.input<T>({3, 4, 9}, -5.0, 5.0);
             auto& m = r.mask({3, 1, 9}, 0.5);
             auto& y = r.output<T>({3, 4, 9});
             ops::softmax(r.stream, x.cref(), m.cref(), y.ref(), 0.5);
+        });
+    add("softmax with two masks (key padding, attention mask)", ops::softmax_desc{0.5, 2},
+        []<class T>(case_run& r) {
+            auto& x = r.input<T>({2, 3, 4, 9}, -5.0, 5.0);
+            auto& kp = r.mask({2, 1, 1, 9}, 0.7);
+            auto& am = r.mask({4, 9}, 0.6);
+            auto& y = r.output<T>({2, 3, 4, 9});
+            ops::softmax(r.stream, x.cref(), kp.cref(), am.cref(), y.ref(), {.scale = 0.5});
+        });
+    add("softmax causal, offset -1, Lq != N", ops::softmax_desc{0.4, 0, true, -1},
+        []<class T>(case_run& r) {
+            auto& x = r.input<T>({2, 6, 5}, -5.0, 5.0);
+            auto& y = r.output<T>({2, 6, 5});
+            ops::softmax(r.stream, x.cref(), y.ref(),
+                         {.scale = 0.4, .causal = true, .causal_offset = -1});
+        });
+    add("softmax causal, offset 2, with two masks", ops::softmax_desc{1.1, 2, true, 2},
+        []<class T>(case_run& r) {
+            auto& x = r.input<T>({2, 2, 5, 8}, -5.0, 5.0);
+            auto& kp = r.mask({2, 1, 1, 8}, 0.7);
+            auto& am = r.mask({2, 2, 5, 8}, 0.7);
+            auto& y = r.output<T>({2, 2, 5, 8});
+            ops::softmax(r.stream, x.cref(), kp.cref(), am.cref(), y.ref(),
+                         {.scale = 1.1, .causal = true, .causal_offset = 2});
         });
     add("softmax_backward", ops::softmax_backward_desc{0.7}, []<class T>(case_run& r) {
         auto& y = r.input<T>({3, 11}, 0.0, 0.2);
@@ -193,6 +220,21 @@ std::vector<op_case> all_cases() {
         auto& y = r.output<U>({6, 5});
         ops::copy(r.stream, x.cref(), y.ref());
     });
+
+    // ---- gather / scatter-add (indices drawn in [0, N): R > N forces repeats) ----
+    add("gather_rows (7 rows of a 5x6 table)", ops::gather_rows_desc{}, []<class T>(case_run& r) {
+        auto& table = r.input<T>({5, 6});
+        auto& idx = r.input<std::int64_t>({7}, 0.0, 5.0);
+        auto& y = r.output<T>({7, 6});
+        ops::gather_rows(r.stream, table.cref(), idx.cref(), y.ref());
+    });
+    add("scatter_add_rows (9 rows into a 4x5 gradient)", ops::scatter_add_rows_desc{},
+        []<class T>(case_run& r) {
+            auto& dy = r.input<T>({9, 5});
+            auto& idx = r.input<std::int64_t>({9}, 0.0, 4.0);
+            auto& grad = r.inout<T>({4, 5});
+            ops::scatter_add_rows(r.stream, dy.cref(), idx.cref(), grad.ref());
+        });
     return cs;
 }
 

@@ -116,7 +116,8 @@ TEMPLATE_TEST_CASE("reduce with accumulate adds to the existing output", "[ops][
         const auto before = y.values();
         ops::reduce(s, ops::reduce_kind::sum, ax, x.cref(), y.ref(), /*accumulate=*/true);
         auto ref = ref_reduce(x.values(), e, ax, false);
-        for (std::size_t i = 0; i < ref.size(); ++i) ref[i] += before[i];
+        for (std::size_t i = 0; i < ref.size(); ++i)
+            ref[i] += before[i];
         REQUIRE(max_rel_error(y.values(), ref) <= mmfuse_test::tolerance<T>());
         REQUIRE(y.outside_intact());
     }

@@ -164,7 +164,8 @@ public:
         if (blocks_.empty()) return;
         if (m.block > current_)
             throw backend_error("growing_arena", "release: marker is past the current position");
-        for (std::size_t b = m.block + 1; b <= current_; ++b) blocks_[b].offsets.reset();
+        for (std::size_t b = m.block + 1; b <= current_; ++b)
+            blocks_[b].offsets.reset();
         current_ = m.block;
         blocks_[current_].offsets.release(arena_marker{m.offset}, "growing_arena");
         total_ = m.total;
@@ -177,7 +178,8 @@ public:
             blocks_.clear();
             blocks_.push_back(block(high_water_));
         }
-        for (block& b : blocks_) b.offsets.reset();
+        for (block& b : blocks_)
+            b.offsets.reset();
         current_ = 0;
         total_ = 0;
     }
@@ -200,7 +202,9 @@ private:
             (b.offsets.used() + host_alignment - 1) / host_alignment * host_alignment;
         return bytes <= b.capacity && start <= b.capacity - bytes;
     }
-    static bool fits_empty(const block& b, std::size_t bytes) noexcept { return bytes <= b.capacity; }
+    static bool fits_empty(const block& b, std::size_t bytes) noexcept {
+        return bytes <= b.capacity;
+    }
 
     std::vector<block> blocks_;
     std::size_t current_ = 0;

@@ -56,12 +56,18 @@ struct bias_add_desc {
     friend bool operator==(const bias_add_desc&, const bias_add_desc&) = default;
 };
 
-/// y = softmax(scale * x) over the last axis, positions where mask is false excluded.
-/// in: x (..., N) [, mask (..., N) of bool, true = keep; may be a broadcast view].
-/// out: y (..., N). A row whose mask is all false yields zeros (never NaN).
+/// y = softmax(scale * x) over the last axis, positions excluded where a mask is false or
+/// (with `causal`) above the shifted diagonal.
+/// in: x (..., Lq, N) [, mask1 (..., N) bool [, mask2 (..., N) bool]] — `masks` (0, 1 or 2)
+///     keep-masks (true = keep), ANDed, each possibly a broadcast view of x's extents.
+/// out: y (..., N). With `causal`, row i of the last-but-one axis keeps only the columns
+/// j <= i + causal_offset (offset 0: PyTorch's `is_causal` / SDPA top-left alignment), with
+/// no mask memory. A row with nothing kept yields zeros (never NaN).
 struct softmax_desc {
     double scale = 1.0;
-    bool masked = false;
+    std::uint8_t masks = 0;
+    bool causal = false;
+    index_t causal_offset = 0;
     friend bool operator==(const softmax_desc&, const softmax_desc&) = default;
 };
 
@@ -129,6 +135,19 @@ struct binary_desc {
     friend bool operator==(const binary_desc&, const binary_desc&) = default;
 };
 
+/// y[r, :] = table[indices[r], :] (embedding lookup).
+/// in: table (N, F), indices (R) of int64 (validated in [0, N) by the front-end).
+/// out: y (R, F).
+struct gather_rows_desc {
+    friend bool operator==(const gather_rows_desc&, const gather_rows_desc&) = default;
+};
+
+/// grad[indices[r], :] += dy[r, :] (embedding backward; repeated indices add up).
+/// in: dy (R, F), indices (R) of int64.  out: grad (N, F), accumulated into.
+struct scatter_add_rows_desc {
+    friend bool operator==(const scatter_add_rows_desc&, const scatter_add_rows_desc&) = default;
+};
+
 /// Sum or mean over `axis`.  in: x.  out: y with `axis` removed or kept with extent 1.
 /// With `accumulate`, the result is added to y (y += reduce(x)), as bias gradients need.
 struct reduce_desc {
@@ -160,19 +179,28 @@ struct copy_desc {
 using op_desc =
     std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc, layer_norm_desc,
                  layer_norm_backward_desc, rms_norm_desc, rms_norm_backward_desc, unary_desc,
-                 unary_backward_desc, binary_desc, reduce_desc, concat_desc, split_desc,
-                 copy_desc>;
+                 unary_backward_desc, binary_desc, reduce_desc, concat_desc, split_desc, copy_desc,
+                 gather_rows_desc, scatter_add_rows_desc>;
 
 /// Human-readable op name for errors and benchmark labels ("matmul", "softmax_backward").
 constexpr std::string_view op_name(const op_desc& op) noexcept {
-    constexpr std::string_view names[] = {"matmul",     "bias_add",
-                                          "softmax",    "softmax_backward",
-                                          "layer_norm", "layer_norm_backward",
-                                          "rms_norm",   "rms_norm_backward",
-                                          "unary",      "unary_backward",
-                                          "binary",     "reduce",
+    constexpr std::string_view names[] = {"matmul",
+                                          "bias_add",
+                                          "softmax",
+                                          "softmax_backward",
+                                          "layer_norm",
+                                          "layer_norm_backward",
+                                          "rms_norm",
+                                          "rms_norm_backward",
+                                          "unary",
+                                          "unary_backward",
+                                          "binary",
+                                          "reduce",
                                           "concat",
-                                          "split",      "copy"};
+                                          "split",
+                                          "copy",
+                                          "gather_rows",
+                                          "scatter_add_rows"};
     static_assert(std::size(names) == std::variant_size_v<op_desc>);
     return names[op.index()];
 }
@@ -193,7 +221,7 @@ constexpr operand_counts operand_count(const op_desc& op) noexcept {
         constexpr operand_counts operator()(const matmul_desc&) const { return {2, 1}; }
         constexpr operand_counts operator()(const bias_add_desc&) const { return {2, 1}; }
         constexpr operand_counts operator()(const softmax_desc& d) const {
-            return {1 + d.masked, 1};
+            return {1 + int(d.masks), 1};
         }
         constexpr operand_counts operator()(const softmax_backward_desc&) const { return {2, 1}; }
         constexpr operand_counts operator()(const layer_norm_desc& d) const {
@@ -219,6 +247,8 @@ constexpr operand_counts operand_count(const op_desc& op) noexcept {
             return {1, operand_counts::variadic};
         }
         constexpr operand_counts operator()(const copy_desc&) const { return {1, 1}; }
+        constexpr operand_counts operator()(const gather_rows_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const scatter_add_rows_desc&) const { return {2, 1}; }
     };
     return std::visit(visitor{}, op);
 }

@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "mmfuse/backend/device.hpp"
+#include "mmfuse/backend/eigen/gather.hpp"
 #include "mmfuse/backend/eigen/layout.hpp"
 #include "mmfuse/backend/eigen/matmul.hpp"
 #include "mmfuse/backend/eigen/norm.hpp"

@@ -97,13 +97,21 @@ void with_unit_stride_map(const strided_matrix<T>& m, F&& f) {
 }
 
 /// c = alpha * a b + beta * c on Eigen expressions (beta == 0: c is not read).
+/// alpha == 1 is spelled without the scalar factor: Eigen's matrix-vector path (an output
+/// extent of 1) would otherwise evaluate `alpha * a` into a heap temporary.
 template <class MA, class MB, class MC, class T>
 void gemm(const MA& a, const MB& b, MC c, T alpha, T beta, bool beta_zero) {
-    if (beta_zero) {
-        c.noalias() = alpha * a * b;
+    if (!beta_zero && beta != T(1)) c *= beta;
+    if (alpha == T(1)) {
+        if (beta_zero)
+            c.noalias() = a * b;
+        else
+            c.noalias() += a * b;
     } else {
-        if (beta != T(1)) c *= beta;
-        c.noalias() += alpha * a * b;
+        if (beta_zero)
+            c.noalias() = alpha * a * b;
+        else
+            c.noalias() += alpha * a * b;
     }
 }
 

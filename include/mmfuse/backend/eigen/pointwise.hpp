@@ -24,9 +24,18 @@ inline void run(const ops::binary_desc& d, std::span<const any_tensor_ref> in,
         const auto b = in[1].as<const T>();
         const auto y = out[0].as<T>();
         switch (d.kind) {
-            case ops::binary_kind::add: map_elements(y, [](T u, T v) { return u + v; }, a, b); break;
-            case ops::binary_kind::sub: map_elements(y, [](T u, T v) { return u - v; }, a, b); break;
-            case ops::binary_kind::mul: map_elements(y, [](T u, T v) { return u * v; }, a, b); break;
+            case ops::binary_kind::add:
+                map_elements(
+                    y, [](T u, T v) { return u + v; }, a, b);
+                break;
+            case ops::binary_kind::sub:
+                map_elements(
+                    y, [](T u, T v) { return u - v; }, a, b);
+                break;
+            case ops::binary_kind::mul:
+                map_elements(
+                    y, [](T u, T v) { return u * v; }, a, b);
+                break;
         }
     });
 }
