@@ -63,76 +63,61 @@ public:
     explicit cross_attention_block(dim<E> d_model = {}, dim<H> nhead = {},
                                    dim<FF> dim_feedforward = {}, index_t context_dim = dyn,
                                    transformer_options options = {.norm_first = true})
-        : opt_(options),
-          cross_attn_(d_model, nhead, context_dim, context_dim, options.bias),
-          ffn_(d_model, dim_feedforward, options.activation, options.bias),
-          norm1_(d_model, options.layer_norm_eps, true, options.bias),
-          norm2_(d_model, options.layer_norm_eps, true, options.bias) {}
+        : parts_(
+              "cross_attn",
+              multi_head_attention<E, H, T>(d_model, nhead, context_dim, context_dim, options.bias),
+              d_model, dim_feedforward, options) {}
 
     template <class V>
     void visit(V& v) {
-        v.path(path_);
-        v.child("cross_attn", cross_attn_);
-        ffn_.visit(v);
-        v.child("norm1", norm1_);
-        v.child("norm2", norm2_);
+        parts_.visit(v);
     }
 
-    void reset_parameters(philox_generator& g) {
-        cross_attn_.reset_parameters(g);
-        ffn_.reset_parameters(g);
-        norm1_.reset_parameters(g);
-        norm2_.reset_parameters(g);
-    }
+    void reset_parameters(philox_generator& g) { parts_.reset_parameters(g); }
 
     /// x (B, Lq, E), context (B, Lk, Ec) -> (B, Lq, E). Throws `shape_error` naming the
     /// block (or the attention) path and both shapes.
     tensor_ref<const T> forward(step_context<T>& cx, tensor_ref<const T> x,
                                 tensor_ref<const T> context, const attention_masks<T>& m = {}) {
-        detail::check_sequence(path_, "cross_attention_block input x", x, -1,
-                               cross_attn_.embed_dim());
-        detail::check_sequence(path_, "cross_attention_block context", context, x.extent(0),
-                               cross_attn_.kdim());
-        const bool pre = opt_.norm_first;
+        detail::check_sequence(parts_.path, "cross_attention_block input x", x, -1,
+                               parts_.attn.embed_dim());
+        detail::check_sequence(parts_.path, "cross_attention_block context", context, x.extent(0),
+                               parts_.attn.kdim());
+        const bool pre = parts_.opt.norm_first;
         const tensor_ref<const T> x1 = detail::sublayer_forward<T>(
-            cx, path_, pre, norm1_, x,
-            [&](tensor_ref<const T> q) { return cross_attn_.forward(cx, q, context, context, m); });
-        return detail::sublayer_forward<T>(cx, path_, pre, norm2_, x1, [&](tensor_ref<const T> in) {
-            return ffn_.forward(cx, in);
-        });
+            cx, parts_.path, pre, parts_.norm1, x,
+            [&](tensor_ref<const T> q) { return parts_.attn.forward(cx, q, context, context, m); });
+        return detail::sublayer_forward<T>(
+            cx, parts_.path, pre, parts_.norm2, x1,
+            [&](tensor_ref<const T> in) { return parts_.ffn.forward(cx, in); });
     }
 
     /// dy (B, Lq, E) -> {dx, dcontext = dkey + dvalue}; adds into every parameter gradient.
     cross_attention_grads<T> backward(step_context<T>& cx, tensor_ref<const T> dy) {
-        const bool pre = opt_.norm_first;
+        const bool pre = parts_.opt.norm_first;
         const tensor_ref<const T> dx1 = detail::sublayer_backward<T>(
-            cx, path_, pre, norm2_, dy,
-            [&](tensor_ref<const T> d) { return ffn_.backward(cx, d); });
+            cx, parts_.path, pre, parts_.norm2, dy,
+            [&](tensor_ref<const T> d) { return parts_.ffn.backward(cx, d); });
         tensor_ref<const T> dcontext{};
-        const tensor_ref<const T> dx =
-            detail::sublayer_backward<T>(cx, path_, pre, norm1_, dx1, [&](tensor_ref<const T> d) {
-                const attention_grads<T> g = cross_attn_.backward(cx, d);
-                dcontext = detail::residual_add<T>(cx, path_, g.dkey, g.dvalue);
+        const tensor_ref<const T> dx = detail::sublayer_backward<T>(
+            cx, parts_.path, pre, parts_.norm1, dx1, [&](tensor_ref<const T> d) {
+                const attention_grads<T> g = parts_.attn.backward(cx, d);
+                dcontext = detail::residual_add<T>(cx, parts_.path, g.dkey, g.dvalue);
                 return g.dquery;
             });
         return {dx, dcontext};
     }
 
-    multi_head_attention<E, H, T>& cross_attn() noexcept { return cross_attn_; }
-    linear<E, FF, T>& linear1() noexcept { return ffn_.linear1(); }
-    linear<FF, E, T>& linear2() noexcept { return ffn_.linear2(); }
-    layer_norm<E, T>& norm1() noexcept { return norm1_; }
-    layer_norm<E, T>& norm2() noexcept { return norm2_; }
-    const transformer_options& options() const noexcept { return opt_; }
-    const std::string& path() const noexcept { return path_; }
+    multi_head_attention<E, H, T>& cross_attn() noexcept { return parts_.attn; }
+    linear<E, FF, T>& linear1() noexcept { return parts_.ffn.linear1(); }
+    linear<FF, E, T>& linear2() noexcept { return parts_.ffn.linear2(); }
+    layer_norm<E, T>& norm1() noexcept { return parts_.norm1; }
+    layer_norm<E, T>& norm2() noexcept { return parts_.norm2; }
+    const transformer_options& options() const noexcept { return parts_.opt; }
+    const std::string& path() const noexcept { return parts_.path; }
 
 private:
-    transformer_options opt_;
-    multi_head_attention<E, H, T> cross_attn_;
-    detail::feed_forward<E, FF, T> ffn_;
-    layer_norm<E, T> norm1_;
-    layer_norm<E, T> norm2_;
-    std::string path_;
+    detail::attention_block_parts<E, H, FF, T> parts_;
 };
 
 }  // namespace mmfuse::inline v0::nn

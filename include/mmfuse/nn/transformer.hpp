@@ -96,6 +96,46 @@ tensor_ref<const T> residual_add(step_context<T>& cx, std::string_view path, ten
 /// One residual sub-layer around a branch f with LayerNorm `norm`:
 ///   pre-LN  y = x + f(norm(x));   post-LN  y = norm(x + f(x)).
 /// `f(tensor_ref<const T>) -> tensor_ref<const T>` runs the branch forward.
+/// The parts both attention blocks (`transformer_encoder_layer`, `cross_attention_block`)
+/// are made of — one attention sub-layer named `attention_name` ("self_attn" or
+/// "cross_attn"), the feed-forward branch (`linear1`, `linear2`) and `norm1`, `norm2` — with
+/// their one construction, naming and initialisation order (PyTorch's state_dict order).
+template <index_t E, index_t H, index_t FF, compute_type T>
+struct attention_block_parts {
+    attention_block_parts(const char* attention_name, multi_head_attention<E, H, T> attention,
+                          dim<E> d_model, dim<FF> dim_feedforward, const transformer_options& o)
+        : opt(o),
+          attn(std::move(attention)),
+          ffn(d_model, dim_feedforward, o.activation, o.bias),
+          norm1(d_model, o.layer_norm_eps, true, o.bias),
+          norm2(d_model, o.layer_norm_eps, true, o.bias),
+          attn_name(attention_name) {}
+
+    template <class V>
+    void visit(V& v) {
+        v.path(path);
+        v.child(attn_name, attn);
+        ffn.visit(v);
+        v.child("norm1", norm1);
+        v.child("norm2", norm2);
+    }
+
+    void reset_parameters(philox_generator& g) {
+        attn.reset_parameters(g);
+        ffn.reset_parameters(g);
+        norm1.reset_parameters(g);
+        norm2.reset_parameters(g);
+    }
+
+    transformer_options opt;
+    multi_head_attention<E, H, T> attn;
+    feed_forward<E, FF, T> ffn;
+    layer_norm<E, T> norm1;
+    layer_norm<E, T> norm2;
+    std::string path;
+    const char* attn_name;
+};
+
 template <compute_type T, class Norm, class F>
 tensor_ref<const T> sublayer_forward(step_context<T>& cx, std::string_view path, bool pre,
                                      Norm& norm, tensor_ref<const T> x, F&& f) {
@@ -141,27 +181,15 @@ public:
     explicit transformer_encoder_layer(dim<E> d_model = {}, dim<H> nhead = {},
                                        dim<FF> dim_feedforward = {},
                                        transformer_options options = {})
-        : opt_(options),
-          self_attn_(d_model, nhead, dyn, dyn, options.bias),
-          ffn_(d_model, dim_feedforward, options.activation, options.bias),
-          norm1_(d_model, options.layer_norm_eps, true, options.bias),
-          norm2_(d_model, options.layer_norm_eps, true, options.bias) {}
+        : parts_("self_attn", multi_head_attention<E, H, T>(d_model, nhead, dyn, dyn, options.bias),
+                 d_model, dim_feedforward, options) {}
 
     template <class V>
     void visit(V& v) {
-        v.path(path_);
-        v.child("self_attn", self_attn_);
-        ffn_.visit(v);
-        v.child("norm1", norm1_);
-        v.child("norm2", norm2_);
+        parts_.visit(v);
     }
 
-    void reset_parameters(philox_generator& g) {
-        self_attn_.reset_parameters(g);
-        ffn_.reset_parameters(g);
-        norm1_.reset_parameters(g);
-        norm2_.reset_parameters(g);
-    }
+    void reset_parameters(philox_generator& g) { parts_.reset_parameters(g); }
 
     /// x (B, L, E) -> (B, L, E) with the member `masks`.
     tensor_ref<const T> forward(step_context<T>& cx, tensor_ref<const T> x) {
@@ -172,46 +200,41 @@ public:
     /// naming the layer path and both shapes on a bad input or mask.
     tensor_ref<const T> forward(step_context<T>& cx, tensor_ref<const T> x,
                                 const attention_masks<T>& m) {
-        detail::check_sequence(path_, "transformer_encoder_layer input", x, -1,
-                               self_attn_.embed_dim());
-        const bool pre = opt_.norm_first;
+        detail::check_sequence(parts_.path, "transformer_encoder_layer input", x, -1,
+                               parts_.attn.embed_dim());
+        const bool pre = parts_.opt.norm_first;
         const tensor_ref<const T> x1 = detail::sublayer_forward<T>(
-            cx, path_, pre, norm1_, x,
-            [&](tensor_ref<const T> in) { return self_attn_.forward_self(cx, in, m); });
-        return detail::sublayer_forward<T>(cx, path_, pre, norm2_, x1, [&](tensor_ref<const T> in) {
-            return ffn_.forward(cx, in);
-        });
+            cx, parts_.path, pre, parts_.norm1, x,
+            [&](tensor_ref<const T> in) { return parts_.attn.forward_self(cx, in, m); });
+        return detail::sublayer_forward<T>(
+            cx, parts_.path, pre, parts_.norm2, x1,
+            [&](tensor_ref<const T> in) { return parts_.ffn.forward(cx, in); });
     }
 
     /// dy (B, L, E) -> dx (B, L, E); adds into every parameter gradient.
     tensor_ref<const T> backward(step_context<T>& cx, tensor_ref<const T> dy) {
-        const bool pre = opt_.norm_first;
+        const bool pre = parts_.opt.norm_first;
         const tensor_ref<const T> dx1 = detail::sublayer_backward<T>(
-            cx, path_, pre, norm2_, dy,
-            [&](tensor_ref<const T> d) { return ffn_.backward(cx, d); });
+            cx, parts_.path, pre, parts_.norm2, dy,
+            [&](tensor_ref<const T> d) { return parts_.ffn.backward(cx, d); });
         return detail::sublayer_backward<T>(
-            cx, path_, pre, norm1_, dx1,
-            [&](tensor_ref<const T> d) { return self_attn_.backward_self(cx, d); });
+            cx, parts_.path, pre, parts_.norm1, dx1,
+            [&](tensor_ref<const T> d) { return parts_.attn.backward_self(cx, d); });
     }
 
-    multi_head_attention<E, H, T>& self_attn() noexcept { return self_attn_; }
-    linear<E, FF, T>& linear1() noexcept { return ffn_.linear1(); }
-    linear<FF, E, T>& linear2() noexcept { return ffn_.linear2(); }
-    layer_norm<E, T>& norm1() noexcept { return norm1_; }
-    layer_norm<E, T>& norm2() noexcept { return norm2_; }
-    const transformer_options& options() const noexcept { return opt_; }
-    const std::string& path() const noexcept { return path_; }
+    multi_head_attention<E, H, T>& self_attn() noexcept { return parts_.attn; }
+    linear<E, FF, T>& linear1() noexcept { return parts_.ffn.linear1(); }
+    linear<FF, E, T>& linear2() noexcept { return parts_.ffn.linear2(); }
+    layer_norm<E, T>& norm1() noexcept { return parts_.norm1; }
+    layer_norm<E, T>& norm2() noexcept { return parts_.norm2; }
+    const transformer_options& options() const noexcept { return parts_.opt; }
+    const std::string& path() const noexcept { return parts_.path; }
 
     /// Masks used by `forward(cx, x)` (src_key_padding_mask, src_mask, is_causal).
     attention_masks<T> masks{};
 
 private:
-    transformer_options opt_;
-    multi_head_attention<E, H, T> self_attn_;
-    detail::feed_forward<E, FF, T> ffn_;
-    layer_norm<E, T> norm1_;
-    layer_norm<E, T> norm2_;
-    std::string path_;
+    detail::attention_block_parts<E, H, FF, T> parts_;
 };
 
 }  // namespace mmfuse::inline v0::nn
