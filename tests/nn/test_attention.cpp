@@ -275,28 +275,14 @@ multi_result multi_gradcheck(
     multi_result res;
     for (size_t k = 0; k < inputs.size(); ++k)
         for (index_t i = 0; i < inputs[k]->numel(); ++i) {
-            double& x = (*inputs[k])[i];
-            const double x0 = x;
-            x = x0 + h;
-            const double lp = loss();
-            x = x0 - h;
-            const double lm = loss();
-            x = x0;
-            const double num = (lp - lm) / (2 * h);
+            const double num = mmfuse_test::central_difference((*inputs[k])[i], loss, h);
             res.input_error = std::max(
                 res.input_error, std::abs(dx[k][size_t(i)] - num) / std::max(1.0, std::abs(num)));
         }
     const tensor_ref<double> p = m.parameters();
     for (const auto& info : m.parameter_index())
         for (index_t k = 0; k < info.shape.numel(); ++k) {
-            double& w = p.data()[info.offset + k];
-            const double w0 = w;
-            w = w0 + h;
-            const double lp = loss();
-            w = w0 - h;
-            const double lm = loss();
-            w = w0;
-            const double num = (lp - lm) / (2 * h);
+            const double num = mmfuse_test::central_difference(p.data()[info.offset + k], loss, h);
             res.parameter_error =
                 std::max(res.parameter_error, std::abs(dp[size_t(info.offset + k)] - num) /
                                                   std::max(1.0, std::abs(num)));

@@ -468,20 +468,28 @@ TEST_CASE("safetensors reads PyTorch's dtypes exactly as PyTorch converts them",
     }
 }
 
-TEST_CASE("a PyTorch nn.Sequential checkpoint loads and reproduces PyTorch's output",
-          "[io][golden]") {
-    nn::model<seq_mlp<float>> m(seq_mlp<float>{}, 7);
-    REQUIRE(m.parameter_index().size() == 4);
-    REQUIRE(m.parameter_index()[0].name == "0.weight");
-    REQUIRE(m.parameter_index()[3].name == "2.bias");
+// Loads the PyTorch fixture into `m`, runs it on the fixture's input and requires PyTorch's
+// output within 1e-5 relative; returns the input and mmfuse's output.
+template <class Net>
+std::pair<tensor<float>, tensor<float>> expect_pytorch_output(nn::model<Net>& m) {
     io::load(m, data_dir / "seq_mlp.safetensors");
-    const tensor<float> x = io::npy_load<float>(data_dir / "seq_mlp_input.npy");
+    tensor<float> x = io::npy_load<float>(data_dir / "seq_mlp_input.npy");
     const tensor<float> expect = io::npy_load<float>(data_dir / "seq_mlp_output.npy");
     tensor<float> y = run(m, x);
     REQUIRE(y.extents() == expect.extents());
     REQUIRE(mmfuse_test::max_rel_error(
                 std::span<const float>(y.data(), std::size_t(y.numel())),
                 std::span<const float>(expect.data(), std::size_t(expect.numel()))) <= 1e-5);
+    return {std::move(x), std::move(y)};
+}
+
+TEST_CASE("a PyTorch nn.Sequential checkpoint loads and reproduces PyTorch's output",
+          "[io][golden]") {
+    nn::model<seq_mlp<float>> m(seq_mlp<float>{}, 7);
+    REQUIRE(m.parameter_index().size() == 4);
+    REQUIRE(m.parameter_index()[0].name == "0.weight");
+    REQUIRE(m.parameter_index()[3].name == "2.bias");
+    const auto [x, y] = expect_pytorch_output(m);
     // The double-loop reference over the loaded parameters agrees too (the test can fail).
     const std::vector<double> ref = reference_mlp(m, x);
     REQUIRE(mmfuse_test::max_rel_error(std::span<const float>(y.data(), std::size_t(y.numel())),
@@ -522,14 +530,7 @@ TEST_CASE("the compose::seq twin of nn.Sequential loads the PyTorch checkpoint",
     nn::model<twin> m(twin{}, 99);
     REQUIRE(m.parameter_index().size() == 4);
     REQUIRE(m.parameter_index()[2].name == "2.weight");
-    io::load(m, data_dir / "seq_mlp.safetensors");
-    const tensor<float> x = io::npy_load<float>(data_dir / "seq_mlp_input.npy");
-    const tensor<float> expect = io::npy_load<float>(data_dir / "seq_mlp_output.npy");
-    tensor<float> y = run(m, x);
-    REQUIRE(y.extents() == expect.extents());
-    REQUIRE(mmfuse_test::max_rel_error(
-                std::span<const float>(y.data(), std::size_t(y.numel())),
-                std::span<const float>(expect.data(), std::size_t(expect.numel()))) <= 1e-5);
+    expect_pytorch_output(m);
 }
 
 // ---------------------------------------------------------------------------------------------

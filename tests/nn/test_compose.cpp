@@ -389,15 +389,7 @@ TEST_CASE("modalities: per-modality forward, backward by finite differences, abs
                                     m.gradients().data() + m.gradients().numel());
     const double h = 1e-6;
     double worst = 0;
-    const auto numeric = [&](double& v) {
-        const double v0 = v;
-        v = v0 + h;
-        const double lp = loss();
-        v = v0 - h;
-        const double lm = loss();
-        v = v0;
-        return (lp - lm) / (2 * h);
-    };
+    const auto numeric = [&](double& v) { return mmfuse_test::central_difference(v, loss, h); };
     for (index_t k = 0; k < 6; ++k)
         worst = std::max(worst, std::abs(numeric(xt[k]) - dt[size_t(k)]));
     for (index_t k = 0; k < 12; ++k)

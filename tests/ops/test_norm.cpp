@@ -254,13 +254,7 @@ TEST_CASE("layer_norm and rms_norm backward agree with central differences",
                     const double h = 1e-6;
                     double worst = 0.0;
                     for (index_t i = 0; i < p.numel(); ++i) {
-                        const double p0 = p[i];
-                        p[i] = p0 + h;
-                        const double lp = loss();
-                        p[i] = p0 - h;
-                        const double lm = loss();
-                        p[i] = p0;
-                        const double fd = (lp - lm) / (2 * h);
+                        const double fd = mmfuse_test::central_difference(p[i], loss, h);
                         worst =
                             std::max(worst, std::abs(fd - grad[i]) / std::max(1.0, std::abs(fd)));
                     }

@@ -214,13 +214,7 @@ TEST_CASE("softmax_backward agrees with central differences", "[ops][softmax][gr
             const double h = 1e-6;
             double worst = 0.0;
             for (index_t i = 0; i < total; ++i) {
-                const double x0 = x[i];
-                x[i] = x0 + h;
-                const double lp = loss();
-                x[i] = x0 - h;
-                const double lm = loss();
-                x[i] = x0;
-                const double fd = (lp - lm) / (2 * h);
+                const double fd = mmfuse_test::central_difference(x[i], loss, h);
                 worst = std::max(worst, std::abs(fd - dx[i]) / std::max(1.0, std::abs(fd)));
                 if (masked && i < n) REQUIRE(dx[i] == 0.0);  // fully masked row
             }
@@ -459,13 +453,7 @@ TEST_CASE(
         const double h = 1e-6;
         double worst = 0.0;
         for (index_t i = 0; i < total; ++i) {
-            const double x0 = x[i];
-            x[i] = x0 + h;
-            const double lp = loss();
-            x[i] = x0 - h;
-            const double lm = loss();
-            x[i] = x0;
-            const double fd = (lp - lm) / (2 * h);
+            const double fd = mmfuse_test::central_difference(x[i], loss, h);
             worst = std::max(worst, std::abs(fd - dx[i]) / std::max(1.0, std::abs(fd)));
             if (keep[std::size_t(i)] == 0.0) REQUIRE(dx[i] == 0.0);  // masked: zero gradient
         }

@@ -60,27 +60,16 @@ gradcheck_result gradcheck(mmfuse::nn::model<Net>& m, const mmfuse::tensor<doubl
     gradcheck_result res;
     tensor<double> xp = x.clone();
     for (index_t i = 0; i < x.numel(); ++i) {
-        const double x0 = xp[i];
-        xp[i] = x0 + h;
-        const double lp = loss(xp);
-        xp[i] = x0 - h;
-        const double lm = loss(xp);
-        xp[i] = x0;
-        const double num = (lp - lm) / (2 * h);
+        const double num = central_difference(
+            xp[i], [&] { return loss(xp); }, h);
         res.input_error = std::max(res.input_error,
                                    std::abs(dx_v[size_t(i)] - num) / std::max(1.0, std::abs(num)));
     }
     const tensor_ref<double> p = m.parameters();
     for (const auto& info : m.parameter_index()) {
         for (index_t k = 0; k < info.shape.numel(); ++k) {
-            double& w = p.data()[info.offset + k];
-            const double w0 = w;
-            w = w0 + h;
-            const double lp = loss(x);
-            w = w0 - h;
-            const double lm = loss(x);
-            w = w0;
-            const double num = (lp - lm) / (2 * h);
+            const double num = central_difference(
+                p.data()[info.offset + k], [&] { return loss(x); }, h);
             INFO("parameter " << info.name << "[" << k << "]");
             res.parameter_error =
                 std::max(res.parameter_error, std::abs(dp[size_t(info.offset + k)] - num) /

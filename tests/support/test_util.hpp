@@ -95,6 +95,19 @@ inline double max_rel_error(const std::vector<double>& got, const std::vector<do
     return max_rel_error(std::span<const double>(got), std::span<const double>(ref));
 }
 
+/// Central difference (loss(v + h) - loss(v - h)) / 2h of `loss()` with respect to the
+/// scalar `v` (restored afterwards): the one numeric derivative the gradient checks use.
+template <class Loss>
+double central_difference(double& v, Loss&& loss, double h) {
+    const double v0 = v;
+    v = v0 + h;
+    const double lp = loss();
+    v = v0 - h;
+    const double lm = loss();
+    v = v0;
+    return (lp - lm) / (2 * h);
+}
+
 /// Tolerance for comparing a T computation against a double-precision reference.
 template <class T>
 constexpr double tolerance() {

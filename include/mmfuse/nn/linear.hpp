@@ -48,10 +48,7 @@ public:
 
     /// x (..., In) -> y (..., Out), allocated from the workspace.
     tensor_ref<const T> forward(step_context<T>& cx, tensor_ref<const T> x) {
-        if (x.rank() < 1 || x.extent(-1) != in_.value())
-            throw shape_error(path_, "linear input",
-                              "shape (..., " + std::to_string(in_.value()) + ")",
-                              "shape " + x.extents().to_string());
+        expect_features(path_, "linear input", x, in_.value());
         const tensor_ref<const T> x2 = as_rows(contiguous(cx, path_, x));
         const tensor_ref<T> y = cx.allocate(x.extents().with_axis(-1, out_.value()));
         const tensor_ref<T> y2 = as_rows(y);

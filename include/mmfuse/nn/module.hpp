@@ -102,6 +102,16 @@ constexpr index_t static_out_features() {
         return dyn;
 }
 
+/// Throws `shape_error` naming `path` and `what` (e.g. "linear input") unless x has rank
+/// >= 1 and last extent `features`: the input check of every feature-wise layer.
+template <class T>
+void expect_features(std::string_view path, std::string_view what, const tensor_ref<T>& x,
+                     index_t features) {
+    if (x.rank() < 1 || x.extent(-1) != features)
+        throw shape_error(path, what, "shape (..., " + std::to_string(features) + ")",
+                          "shape " + x.extents().to_string());
+}
+
 /// `x` itself when it is contiguous, else a contiguous copy in the workspace (so that it
 /// can be reshaped, e.g. (B, T, F) -> (B*T, F) for a GEMM).
 template <compute_type T>

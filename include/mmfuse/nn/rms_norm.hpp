@@ -54,10 +54,7 @@ public:
 
     /// x (..., F) -> y (..., F), allocated from the workspace.
     tensor_ref<const T> forward(step_context<T>& cx, tensor_ref<const T> x) {
-        if (x.rank() < 1 || x.extent(-1) != features_.value())
-            throw shape_error(path_, "rms_norm input",
-                              "shape (..., " + std::to_string(features_.value()) + ")",
-                              "shape " + x.extents().to_string());
+        expect_features(path_, "rms_norm input", x, features_.value());
         const tensor_ref<T> y = cx.allocate(x.extents());
         const tensor_ref<T> rstd = cx.allocate(extents{x.numel() / features_.value()});
         ops::rms_norm(cx.op(path_), x, gamma(), y, rstd, eps_);
