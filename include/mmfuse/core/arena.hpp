@@ -87,12 +87,23 @@ concept workspace_allocator = requires(A& a, const extents& e) {
     a.reset();
 };
 
-/// Fixed-capacity bump allocator over one owned 64-byte-aligned host buffer.
-class arena {
+/// Memory resource of `basic_arena` for ordinary host memory (64-byte aligned). A resource
+/// provides `allocate(bytes)` (never null; throws on failure), `deallocate(p)` and the
+/// `memory_space` its views live in; the CUDA backend adds one for device memory.
+struct host_memory {
+    static constexpr memory_space space = memory_space::host;
+    static void* allocate(std::size_t bytes) { return detail::aligned_host_alloc(bytes); }
+    static void deallocate(void* p) noexcept { detail::aligned_free{}(p); }
+};
+
+/// Fixed-capacity bump allocator over one owned buffer from `Memory` (64-byte-aligned
+/// offsets). `arena` is the host instance; `backend::cuda::device_arena` the device one.
+template <class Memory>
+class basic_arena {
 public:
     /// An arena of `capacity_bytes` (allocated once, here).
-    explicit arena(std::size_t capacity_bytes)
-        : buffer_(static_cast<std::byte*>(detail::aligned_host_alloc(capacity_bytes))),
+    explicit basic_arena(std::size_t capacity_bytes)
+        : buffer_(static_cast<std::byte*>(Memory::allocate(capacity_bytes))),
           capacity_(capacity_bytes) {}
 
     /// Contiguous, 64-byte-aligned, *uninitialised* view of extents `e`. Throws
@@ -101,7 +112,7 @@ public:
     tensor_ref<T> allocate(const extents& e) {
         const std::size_t bytes = detail::checked_bytes(e, sizeof(T), "arena");
         const std::size_t at = offsets_.reserve(bytes, capacity_, "arena");
-        return tensor_ref<T>(reinterpret_cast<T*>(buffer_.get() + at), e);
+        return tensor_ref<T>(reinterpret_cast<T*>(buffer_.get() + at), e, Memory::space);
     }
 
     arena_marker mark() const noexcept { return offsets_.mark(); }
@@ -115,10 +126,16 @@ public:
     std::size_t peak_bytes() const noexcept { return offsets_.peak(); }
 
 private:
-    std::unique_ptr<std::byte, detail::aligned_free> buffer_;
+    struct free_buffer {
+        void operator()(std::byte* p) const noexcept { Memory::deallocate(p); }
+    };
+    std::unique_ptr<std::byte, free_buffer> buffer_;
     std::size_t capacity_;
     detail::bump_offsets offsets_;
 };
+
+/// Fixed-capacity bump allocator over one owned 64-byte-aligned host buffer.
+using arena = basic_arena<host_memory>;
 
 /// Arena that grows instead of throwing: when the current block is full it chains a new
 /// block (heap), and the next `reset()` replaces a chain of blocks by one block as large as

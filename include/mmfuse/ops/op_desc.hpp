@@ -9,6 +9,7 @@
 /// descriptor. Front-end functions in `mmfuse/ops/*.hpp` validate every shape before a
 /// backend sees the op, so backends may assume valid input.
 
+#include <array>
 #include <cstdint>
 #include <string_view>
 #include <variant>
@@ -37,16 +38,48 @@ enum class binary_kind : std::uint8_t {
 /// Reductions over one axis.
 enum class reduce_kind : std::uint8_t { sum, mean };
 
+/// What a matmul applies to alpha * op(A) op(B) + beta * C before writing C: nothing, a bias
+/// row added (bias (N), broadcast over rows and batch), or the bias then an activation — the
+/// fused epilogues of cuBLASLt (`CUBLASLT_EPILOGUE_BIAS`, `_RELU_BIAS`, `_GELU_BIAS`, whose
+/// GELU is the tanh approximation) and oneDNN post-ops.
+enum class matmul_epilogue : std::uint8_t {
+    none,            ///< C = alpha op(A) op(B) + beta C
+    bias,            ///< ... + bias
+    bias_relu,       ///< relu(... + bias)
+    bias_gelu_tanh,  ///< gelu_tanh(... + bias)  (`nn.GELU(approximate='tanh')`)
+};
+
+/// Distributions of `fill_random_desc`.
+enum class random_kind : std::uint8_t {
+    uniform,  ///< U[a, b)
+    normal,   ///< N(mean a, std b)
+};
+
+/// Where Philox draws come from (core/philox.hpp): the word stream (seed, subsequence),
+/// starting at word `offset`. Element i of an output in row-major logical order gets
+/// `uniform_at<T>(stream, offset, i)` or `normal_at<T>(stream, offset, i)` (T = double for
+/// f64 outputs, float otherwise), so every backend draws the same numbers for the same
+/// element — bit-identical uniforms, normals up to the device's log/sin/cos ulps.
+struct philox_draw {
+    std::uint64_t seed = 0;
+    std::uint64_t subsequence = 0;
+    std::uint64_t offset = 0;
+    friend bool operator==(const philox_draw&, const philox_draw&) = default;
+};
+
 /// C = alpha * op(A) op(B) + beta * C, batched.
 /// in:  a (M, K) or (B, M, K) [(K, M) / (B, K, M) if transpose_a],
 ///      b (K, N) or (B, K, N) [(N, K) / (B, N, K) if transpose_b];
 ///      a rank-2 operand broadcasts over the batch of the other.
 /// out: c (M, N) or (B, M, N); read as well when beta != 0.
+/// With an epilogue other than `none`, a third input bias (N) follows b, and
+/// C = act(alpha * op(A) op(B) + beta * C + bias).
 struct matmul_desc {
     bool transpose_a = false;
     bool transpose_b = false;
     double alpha = 1.0;
     double beta = 0.0;
+    matmul_epilogue epilogue = matmul_epilogue::none;
     friend bool operator==(const matmul_desc&, const matmul_desc&) = default;
 };
 
@@ -175,12 +208,72 @@ struct copy_desc {
     friend bool operator==(const copy_desc&, const copy_desc&) = default;
 };
 
+/// Fused scaled-dot-product attention with FlashAttention semantics (Dao et al., NeurIPS
+/// 2022; Dao, "FlashAttention-2", 2023), the math of `torch.nn.functional.
+/// scaled_dot_product_attention`:
+///   S = scale * Q K^T, with S_ij = -inf where masked;  P = softmax_j(S);  O = P V;
+///   lse_i = log sum_j exp(S_ij)  (natural log, saved for the backward pass).
+/// Position (i, j) is masked where `keep` is false (when `masked`) or, with `causal`, where
+/// j > i + causal_offset (offset 0: SDPA's `is_causal`, top-left aligned; Lk - Lq: aligned at
+/// the bottom right, as for decoding with a cache). A row with nothing kept gets O = 0 and
+/// lse = -inf (never NaN).
+/// in:  q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv)
+///      [, keep (B, H, Lq, Lk) bool when `masked` — usually a broadcast view, e.g. a key-padding
+///      mask (B, 1, 1, Lk) expanded with stride 0].
+/// out: o (B, H, Lq, Dv), lse (B, H, Lq) — lse is f32 for bf16/f16 inputs, else q's dtype.
+/// Any strides (e.g. heads split out of a (B, L, H*D) projection without a copy).
+struct attention_desc {
+    double scale = 1.0;
+    bool causal = false;
+    index_t causal_offset = 0;
+    bool masked = false;
+    friend bool operator==(const attention_desc&, const attention_desc&) = default;
+};
+
+/// Backward of `attention_desc` (FlashAttention-2 recomputation from lse).
+/// in:  q, k, v, o, do (B, H, Lq, Dv), lse [, keep when forward.masked].
+/// out: dq, dk, dv (extents of q, k, v; overwritten).
+struct attention_backward_desc {
+    attention_desc forward;
+    friend bool operator==(const attention_backward_desc&,
+                           const attention_backward_desc&) = default;
+};
+
+/// Fills y with Philox random numbers (see `philox_draw`): U[a, b) for `uniform`
+/// (`uniform_in`), a + b * z for `normal`. in: none.  out: y (any strides).
+/// The draw uses `uniform_words<T>(numel)` / `normal_words<T>(numel)` words from
+/// `draw.offset` on; the caller advances its offset by that much.
+struct fill_random_desc {
+    random_kind kind = random_kind::normal;
+    double a = 0.0;
+    double b = 1.0;
+    philox_draw draw{};
+    friend bool operator==(const fill_random_desc&, const fill_random_desc&) = default;
+};
+
+/// Maximum number of inputs of `combine_desc`.
+inline constexpr int max_combine_inputs = 4;
+
+/// y = coeff[0] x_0 + ... + coeff[n-1] x_{n-1}  [+ noise_scale * z], evaluated left to right in
+/// the compute type, z ~ N(0, 1) drawn as by `fill_random_desc{normal, 0, 1, noise}` (skipped
+/// entirely when noise_scale == 0). One pass over memory: the fused update of a diffusion
+/// sampler step (DDIM, Euler, DPM-Solver++ multistep, ancestral noise).
+/// in: x_0 ... x_{n-1}, 1 <= n <= max_combine_inputs (y's extents; may be broadcast views).
+/// out: y (may be the same memory as an input).
+struct combine_desc {
+    std::array<double, max_combine_inputs> coeff{};
+    double noise_scale = 0.0;
+    philox_draw noise{};
+    friend bool operator==(const combine_desc&, const combine_desc&) = default;
+};
+
 /// Every op a backend may be asked to execute.
 using op_desc =
     std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc, layer_norm_desc,
                  layer_norm_backward_desc, rms_norm_desc, rms_norm_backward_desc, unary_desc,
                  unary_backward_desc, binary_desc, reduce_desc, concat_desc, split_desc, copy_desc,
-                 gather_rows_desc, scatter_add_rows_desc>;
+                 gather_rows_desc, scatter_add_rows_desc, attention_desc,
+                 attention_backward_desc, fill_random_desc, combine_desc>;
 
 /// Human-readable op name for errors and benchmark labels ("matmul", "softmax_backward").
 constexpr std::string_view op_name(const op_desc& op) noexcept {
@@ -200,7 +293,11 @@ constexpr std::string_view op_name(const op_desc& op) noexcept {
                                           "split",
                                           "copy",
                                           "gather_rows",
-                                          "scatter_add_rows"};
+                                          "scatter_add_rows",
+                                          "attention",
+                                          "attention_backward",
+                                          "fill_random",
+                                          "combine"};
     static_assert(std::size(names) == std::variant_size_v<op_desc>);
     return names[op.index()];
 }
@@ -218,7 +315,9 @@ struct operand_counts {
 /// indexes past the end of a span.
 constexpr operand_counts operand_count(const op_desc& op) noexcept {
     struct visitor {
-        constexpr operand_counts operator()(const matmul_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const matmul_desc& d) const {
+            return {2 + int(d.epilogue != matmul_epilogue::none), 1};
+        }
         constexpr operand_counts operator()(const bias_add_desc&) const { return {2, 1}; }
         constexpr operand_counts operator()(const softmax_desc& d) const {
             return {1 + int(d.masks), 1};
@@ -249,6 +348,16 @@ constexpr operand_counts operand_count(const op_desc& op) noexcept {
         constexpr operand_counts operator()(const copy_desc&) const { return {1, 1}; }
         constexpr operand_counts operator()(const gather_rows_desc&) const { return {2, 1}; }
         constexpr operand_counts operator()(const scatter_add_rows_desc&) const { return {2, 1}; }
+        constexpr operand_counts operator()(const attention_desc& d) const {
+            return {3 + int(d.masked), 2};
+        }
+        constexpr operand_counts operator()(const attention_backward_desc& d) const {
+            return {6 + int(d.forward.masked), 3};
+        }
+        constexpr operand_counts operator()(const fill_random_desc&) const { return {0, 1}; }
+        constexpr operand_counts operator()(const combine_desc&) const {
+            return {operand_counts::variadic, 1};
+        }
     };
     return std::visit(visitor{}, op);
 }

@@ -12,11 +12,13 @@
 #include <variant>
 
 #include "mmfuse/backend/device.hpp"
+#include "mmfuse/backend/eigen/attention.hpp"
 #include "mmfuse/backend/eigen/gather.hpp"
 #include "mmfuse/backend/eigen/layout.hpp"
 #include "mmfuse/backend/eigen/matmul.hpp"
 #include "mmfuse/backend/eigen/norm.hpp"
 #include "mmfuse/backend/eigen/pointwise.hpp"
+#include "mmfuse/backend/eigen/random.hpp"
 #include "mmfuse/backend/eigen/reduce.hpp"
 #include "mmfuse/backend/eigen/softmax.hpp"
 

@@ -1,0 +1,48 @@
+# mmfuse_add_cuda_kernels(<target> [ARCHITECTURES <sm...>])
+#
+# Creates the static library <target> holding the CUDA backend's kernels: the closed set of
+# .cu files shipped with the headers (mmfuse/backend/cuda/src/), compiled here, in the
+# consumer's build, by nvcc. Link it next to mmfuse::cuda into anything that includes
+# mmfuse/backend/cuda/device.hpp:
+#
+#     find_package(mmfuse CONFIG REQUIRED COMPONENTS cuda)
+#     mmfuse_add_cuda_kernels(my_mmfuse_kernels ARCHITECTURES 80 90)
+#     target_link_libraries(app PRIVATE mmfuse::cuda my_mmfuse_kernels)
+#
+# The application's own sources stay plain C++ (the host compiler, no CUDA language needed
+# on its target); only this library passes through nvcc. ARCHITECTURES defaults to
+# CMAKE_CUDA_ARCHITECTURES when set, else "80;90" (A100 and H100/H200).
+include_guard(GLOBAL)
+
+set(MMFUSE_CUDA_KERNEL_SOURCES pointwise.cu norm.cu attention.cu)
+
+function(mmfuse_add_cuda_kernels target)
+  cmake_parse_arguments(ARG "" "" "ARCHITECTURES" ${ARGN})
+  if(NOT MMFUSE_CUDA_KERNEL_DIR)
+    message(FATAL_ERROR "mmfuse_add_cuda_kernels: MMFUSE_CUDA_KERNEL_DIR is not set "
+                        "(find_package(mmfuse COMPONENTS cuda) sets it)")
+  endif()
+  if(NOT CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+  endif()
+  set(_archs ${ARG_ARCHITECTURES})
+  if(NOT _archs)
+    if(CMAKE_CUDA_ARCHITECTURES)
+      set(_archs ${CMAKE_CUDA_ARCHITECTURES})
+    else()
+      set(_archs 80 90)
+    endif()
+  endif()
+  set(_sources "")
+  foreach(_s IN LISTS MMFUSE_CUDA_KERNEL_SOURCES)
+    list(APPEND _sources ${MMFUSE_CUDA_KERNEL_DIR}/${_s})
+  endforeach()
+  add_library(${target} STATIC ${_sources})
+  set_target_properties(${target} PROPERTIES
+    CUDA_ARCHITECTURES "${_archs}"
+    POSITION_INDEPENDENT_CODE ON)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -lineinfo>)
+  # (-std=c++20 by hand: CMake 3.25 does not know nvcc 13's C++20 flag for CUDA_STANDARD.)
+  target_link_libraries(${target} PUBLIC mmfuse::cuda)
+endfunction()

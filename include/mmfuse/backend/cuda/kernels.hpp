@@ -1,0 +1,115 @@
+#pragma once
+/// \file
+/// The boundary between the CUDA backend's host code and its kernels.
+///
+/// Every op but matmul (which is host code around cuBLASLt, `gemm.hpp`) is launched through
+/// one overload of `kernels::launch(desc, inputs, outputs, context)`, declared here in plain
+/// C++ and defined in the closed set of `.cu` files under `src/` (see
+/// `cmake/mmfuseCuda.cmake`: `mmfuse_add_cuda_kernels(<target>)` compiles them in the
+/// consumer's build). So a model's translation units include only this header and are
+/// compiled by the host compiler; nvcc sees the kernels alone.
+///
+/// Operands arrive in the order documented on each descriptor (ops/op_desc.hpp), already
+/// validated by the ops front-end and by `cuda_stream::execute` (device memory, supported
+/// dtypes, operand counts). Launchers enqueue on `context.stream`, never synchronise, never
+/// allocate (scratch comes from `context.scratch`), and check their launches
+/// (`check_launch`), so a launch error surfaces as `backend_error` at the op that caused it.
+
+#include <array>
+#include <cstdint>
+#include <span>
+
+#include <cuda_runtime_api.h>
+
+#include "mmfuse/core/config.hpp"
+#include "mmfuse/core/dtype.hpp"
+#include "mmfuse/core/tensor_ref.hpp"
+#include "mmfuse/ops/op_desc.hpp"
+
+namespace mmfuse::inline v0::backend::cuda {
+
+class scratch_space;
+class gemm_engine;
+
+namespace kernels {
+
+/// One operand as a kernel sees it: a flattened `any_tensor_ref` (trivially copyable, so it
+/// can be passed to a kernel by value).
+struct view {
+    void* data = nullptr;
+    dtype type = dtype::f32;
+    int rank = 0;
+    index_t extents[max_rank] = {};
+    index_t strides[max_rank] = {};
+
+    /// Element count (1 for rank 0).
+    constexpr index_t numel() const noexcept {
+        index_t n = 1;
+        for (int i = 0; i < rank; ++i)
+            n *= extents[i];
+        return n;
+    }
+    /// True when the elements are dense in row-major order.
+    constexpr bool contiguous() const noexcept {
+        index_t step = 1;
+        for (int i = rank - 1; i >= 0; --i) {
+            if (extents[i] != 1 && strides[i] != step) return false;
+            step *= extents[i];
+        }
+        return true;
+    }
+};
+
+/// Flattens `t` into a `view`.
+inline view make_view(const any_tensor_ref& t) noexcept {
+    view v;
+    v.data = t.data();
+    v.type = t.type();
+    v.rank = t.extents().rank();
+    for (int i = 0; i < v.rank; ++i) {
+        v.extents[i] = t.extents()[i];
+        v.strides[i] = t.strides()[size_t(i)];
+    }
+    return v;
+}
+
+/// Where and with what a launcher runs.
+struct launch_context {
+    cudaStream_t stream = nullptr;
+    scratch_space* scratch = nullptr;  ///< the stream's op scratch
+    gemm_engine* gemm = nullptr;       ///< the stream's cuBLASLt state
+    bool allow_tf32 = false;           ///< f32 GEMMs may use TF32 tensor cores
+    int multiprocessors = 0;           ///< SM count of the device (grid sizing)
+};
+
+using inputs = std::span<const view>;
+using outputs = std::span<const view>;
+
+// ---- src/pointwise.cu ---------------------------------------------------------------
+void launch(const ops::bias_add_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::unary_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::unary_backward_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::binary_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::copy_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::concat_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::split_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::reduce_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::gather_rows_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::scatter_add_rows_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::fill_random_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::combine_desc&, inputs, outputs, const launch_context&);
+
+// ---- src/norm.cu ----------------------------------------------------------------------
+void launch(const ops::softmax_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::softmax_backward_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::layer_norm_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::layer_norm_backward_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::rms_norm_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::rms_norm_backward_desc&, inputs, outputs, const launch_context&);
+
+// ---- src/attention.cu -----------------------------------------------------------------
+void launch(const ops::attention_desc&, inputs, outputs, const launch_context&);
+void launch(const ops::attention_backward_desc&, inputs, outputs, const launch_context&);
+
+}  // namespace kernels
+}  // namespace mmfuse::inline v0::backend::cuda

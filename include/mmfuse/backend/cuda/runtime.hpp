@@ -1,0 +1,162 @@
+#pragma once
+/// \file
+/// CUDA runtime essentials for the CUDA backend, in plain C++ (compiled by the host
+/// compiler; only the kernel sources under `src/` pass through nvcc):
+///
+/// * `check(status, what)` — every CUDA runtime / cuBLASLt status becomes a
+///   `mmfuse::backend_error` naming the call and the CUDA error.
+/// * `device_count()` — 0 (never an exception) when no driver or GPU is present.
+/// * `device_buffer` — owning, move-only device allocation; every allocation the backend
+///   makes goes through `device_malloc`, which counts them (`allocation_count()`), so tests
+///   can prove that a steady-state step allocates nothing.
+/// * `device_tensor<T>` — a device buffer with extents; `ref()` is a `tensor_ref` in
+///   `memory_space::device` that the CUDA stream accepts.
+/// * `to_device` / `to_host` — synchronous copies between contiguous host views and device
+///   tensors (set-up and tests; never inside a step).
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include "mmfuse/core/error.hpp"
+#include "mmfuse/core/shape.hpp"
+#include "mmfuse/core/tensor_ref.hpp"
+
+namespace mmfuse::inline v0::backend::cuda {
+
+/// Throws `backend_error("cuda", ...)` naming `what` unless `status` is cudaSuccess. Also
+/// clears the runtime's sticky last error so that a later check is not blamed for it.
+inline void check(cudaError_t status, std::string_view what) {
+    if (status == cudaSuccess) return;
+    (void)cudaGetLastError();
+    throw backend_error("cuda", std::string(what) + " failed: " + cudaGetErrorName(status) +
+                                    " (" + cudaGetErrorString(status) + ")");
+}
+
+/// Throws `backend_error("cuda", ...)` naming `what` unless `status` is CUBLAS_STATUS_SUCCESS.
+inline void check(cublasStatus_t status, std::string_view what) {
+    if (status == CUBLAS_STATUS_SUCCESS) return;
+    throw backend_error("cuda", std::string(what) + " failed: cuBLAS status " +
+                                    std::to_string(int(status)));
+}
+
+/// Checks the launch of the kernel just enqueued (`cudaGetLastError`).
+inline void check_launch(std::string_view kernel) {
+    check(cudaGetLastError(), std::string("launch of ") + std::string(kernel));
+}
+
+/// Number of usable CUDA devices; 0 when there is no GPU or no driver (never throws).
+inline int device_count() noexcept {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+/// Device allocations made through `device_malloc` since the program started.
+inline std::atomic<std::uint64_t>& allocation_counter() noexcept {
+    static std::atomic<std::uint64_t> n{0};
+    return n;
+}
+inline std::uint64_t allocation_count() noexcept {
+    return allocation_counter().load(std::memory_order_relaxed);
+}
+
+/// cudaMalloc of `bytes` (at least 1), counted; throws `backend_error` on failure.
+inline void* device_malloc(std::size_t bytes) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, bytes == 0 ? 1 : bytes), "cudaMalloc(" + std::to_string(bytes) + " bytes)");
+    allocation_counter().fetch_add(1, std::memory_order_relaxed);
+    return p;
+}
+
+/// Owning, move-only device allocation (cudaMalloc / cudaFree).
+class device_buffer {
+public:
+    device_buffer() = default;
+    explicit device_buffer(std::size_t bytes) : data_(device_malloc(bytes)), bytes_(bytes) {}
+    device_buffer(device_buffer&& o) noexcept
+        : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+    device_buffer& operator=(device_buffer&& o) noexcept {
+        if (this != &o) {
+            release();
+            data_ = std::exchange(o.data_, nullptr);
+            bytes_ = std::exchange(o.bytes_, 0);
+        }
+        return *this;
+    }
+    device_buffer(const device_buffer&) = delete;
+    device_buffer& operator=(const device_buffer&) = delete;
+    ~device_buffer() { release(); }
+
+    void* data() const noexcept { return data_; }
+    std::size_t bytes() const noexcept { return bytes_; }
+
+private:
+    void release() noexcept {
+        if (data_) (void)cudaFree(data_);
+        data_ = nullptr;
+        bytes_ = 0;
+    }
+    void* data_ = nullptr;
+    std::size_t bytes_ = 0;
+};
+
+/// A contiguous row-major tensor in device memory (uninitialised).
+///
+///     cuda::device_tensor<float> x({32, 64, 256});
+///     ops::matmul(cuda_stream, x.cref(), w.cref(), y.ref());
+template <element_type T>
+class device_tensor {
+public:
+    device_tensor() = default;
+    explicit device_tensor(const mmfuse::extents& e)
+        : buffer_(std::size_t(e.numel()) * sizeof(T)), extents_(e) {}
+
+    T* data() const noexcept { return static_cast<T*>(buffer_.data()); }
+    const mmfuse::extents& extents() const noexcept { return extents_; }
+    index_t numel() const noexcept { return extents_.numel(); }
+    std::size_t bytes() const noexcept { return std::size_t(numel()) * sizeof(T); }
+
+    tensor_ref<T> ref() const noexcept { return {data(), extents_, memory_space::device}; }
+    tensor_ref<const T> cref() const noexcept { return {data(), extents_, memory_space::device}; }
+
+private:
+    device_buffer buffer_;
+    mmfuse::extents extents_{};
+};
+
+namespace detail {
+template <class T>
+void expect_same_contiguous(const tensor_ref<T>& host, const mmfuse::extents& dev, std::string_view what) {
+    if (host.space() != memory_space::host || !host.is_contiguous())
+        throw shape_error("cuda", what, "a contiguous host view",
+                          host.space() != memory_space::host ? "a device view" : "a strided view");
+    if (host.extents() != dev)
+        throw shape_error("cuda", what, "shape " + dev.to_string(), "shape " + host.extents().to_string());
+}
+}  // namespace detail
+
+/// Copies a contiguous host view into `dst` (same extents); synchronous.
+template <element_type T>
+void to_device(tensor_ref<const std::type_identity_t<T>> src, const device_tensor<T>& dst) {
+    detail::expect_same_contiguous(src, dst.extents(), "to_device source");
+    check(cudaMemcpy(dst.data(), src.data(), dst.bytes(), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+}
+
+/// Copies `src` into a contiguous host view (same extents); synchronous.
+template <element_type T>
+void to_host(const device_tensor<T>& src, tensor_ref<std::type_identity_t<T>> dst) {
+    detail::expect_same_contiguous(dst, src.extents(), "to_host destination");
+    check(cudaMemcpy(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+}
+
+}  // namespace mmfuse::inline v0::backend::cuda
