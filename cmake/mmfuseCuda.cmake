@@ -12,7 +12,17 @@
 # The application's own sources stay plain C++ (the host compiler, no CUDA language needed
 # on its target); only this library passes through nvcc. ARCHITECTURES defaults to
 # CMAKE_CUDA_ARCHITECTURES when set, else "80;90" (A100 and H100/H200).
+#
+# Including this file enables the CUDA language when nvcc is found (enable_language must run
+# at file scope, so it happens here, in the scope that called find_package(mmfuse)).
 include_guard(GLOBAL)
+include(CheckLanguage)
+if(NOT CMAKE_CUDA_COMPILER)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+  endif()
+endif()
 
 set(MMFUSE_CUDA_KERNEL_SOURCES pointwise.cu norm.cu attention.cu)
 
@@ -23,7 +33,8 @@ function(mmfuse_add_cuda_kernels target)
                         "(find_package(mmfuse COMPONENTS cuda) sets it)")
   endif()
   if(NOT CMAKE_CUDA_COMPILER)
-    enable_language(CUDA)
+    message(FATAL_ERROR "mmfuse_add_cuda_kernels: no CUDA compiler (nvcc) found; put it on "
+                        "PATH or set CUDACXX")
   endif()
   set(_archs ${ARG_ARCHITECTURES})
   if(NOT _archs)

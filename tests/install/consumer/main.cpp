@@ -9,6 +9,9 @@
 #ifdef MMFUSE_HAS_ONEDNN
 #include <oneapi/dnnl/dnnl.hpp>
 #endif
+#ifdef MMFUSE_HAS_CUDA
+#include <mmfuse/backend/cuda/device.hpp>
+#endif
 
 int main() {
     namespace mf = mmfuse;
@@ -33,6 +36,33 @@ int main() {
 #ifdef MMFUSE_HAS_ONEDNN
     const dnnl_version_t* v = dnnl_version();
     std::printf("consumer: linked oneDNN %d.%d.%d\n", v->major, v->minor, v->patch);
+#endif
+#ifdef MMFUSE_HAS_CUDA
+    // With a GPU the same product runs on cuda:0; without one, cuda must not be registered.
+    namespace cu = mf::backend::cuda;
+    if (cu::device_count() == 0) {
+        if (mf::backend::registry::global().find("cuda:0") != nullptr) {
+            std::printf("consumer: cuda:0 registered without a GPU\n");
+            return 1;
+        }
+        std::printf("consumer: CUDA backend linked; no GPU here\n");
+    } else {
+        cu::device_tensor<float> da({2, 3}), db({3, 2}), dc({2, 2});
+        cu::to_device<float>(a.cref(), da);
+        cu::to_device<float>(b.cref(), db);
+        auto& s = mf::backend::registry::global().get("cuda:0").default_stream();
+        mf::ops::matmul(s, da.cref(), db.cref(), dc.ref());
+        s.synchronize();
+        c.fill(NAN);
+        cu::to_host<float>(dc, c.ref());
+        for (int i = 0; i < 4; ++i)
+            if (c[i] != expected[i]) {
+                std::printf("consumer: cuda c[%d] = %g, expected %g\n", i, double(c[i]),
+                            double(expected[i]));
+                return 1;
+            }
+        std::printf("consumer: the same matmul on cuda:0 agrees\n");
+    }
 #endif
     std::printf("consumer: ok\n");
     return 0;
