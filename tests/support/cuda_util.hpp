@@ -45,6 +45,9 @@ template <class T>
 mc::device_tensor<T> poisoned(const mmfuse::extents& e) {
     mc::device_tensor<T> d(e);
     mc::check(cudaMemset(d.data(), 0xFF, d.bytes()), "cudaMemset");
+    // cudaMemset runs on the legacy stream, which the backend's non-blocking streams do not
+    // wait for: finish it before any op can be queued.
+    mc::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     return d;
 }
 

@@ -11,8 +11,11 @@
 ///   can prove that a steady-state step allocates nothing.
 /// * `device_tensor<T>` — a device buffer with extents; `ref()` is a `tensor_ref` in
 ///   `memory_space::device` that the CUDA stream accepts.
-/// * `to_device` / `to_host` — synchronous copies between contiguous host views and device
-///   tensors (set-up and tests; never inside a step).
+/// * `to_device` / `to_host` — copies between contiguous host views and device tensors that
+///   are complete, with respect to every stream of the device, when they return (they
+///   synchronise the device: set-up and tests only, never inside a step). A plain
+///   `cudaMemcpy` would not be: the backend's streams are non-blocking, so they do not wait
+///   for the legacy default stream, and a pageable H2D copy may return before it lands.
 
 #include <atomic>
 #include <cstddef>
@@ -145,17 +148,22 @@ void expect_same_contiguous(const tensor_ref<T>& host, const mmfuse::extents& de
 }
 }  // namespace detail
 
-/// Copies a contiguous host view into `dst` (same extents); synchronous.
+/// Copies a contiguous host view into `dst` (same extents); waits for every stream of the
+/// device before and after, so no queued op races the copy.
 template <element_type T>
 void to_device(tensor_ref<const std::type_identity_t<T>> src, const device_tensor<T>& dst) {
     detail::expect_same_contiguous(src, dst.extents(), "to_device source");
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (before to_device)");
     check(cudaMemcpy(dst.data(), src.data(), dst.bytes(), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (after to_device)");
 }
 
-/// Copies `src` into a contiguous host view (same extents); synchronous.
+/// Copies `src` into a contiguous host view (same extents) once every op queued on any
+/// stream of the device has finished.
 template <element_type T>
 void to_host(const device_tensor<T>& src, tensor_ref<std::type_identity_t<T>> dst) {
     detail::expect_same_contiguous(dst, src.extents(), "to_host destination");
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (before to_host)");
     check(cudaMemcpy(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 
