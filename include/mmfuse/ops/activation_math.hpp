@@ -9,7 +9,8 @@
 ///     act::visit(kind, [&](auto k) { /* k.value is the kind, a compile-time constant */ });
 ///
 /// `visit` hoists the switch on the run-time kind out of element loops: a kernel
-/// instantiates its loop once per kind.
+/// instantiates its loop once per kind. `sigmoid`, `value<K>` and `derivative<K>` are
+/// `MMFUSE_HOST_DEVICE`, so CUDA kernels call these very formulas.
 
 #include <cmath>
 #include <concepts>
@@ -47,7 +48,7 @@ decltype(auto) visit(unary_kind k, F&& f) {
 /// Logistic sigmoid 1 / (1 + exp(-x)), evaluated so that no intermediate overflows: for
 /// x < 0 as e / (1 + e) with e = exp(x). Saturates to exactly 0 or 1; NaN stays NaN.
 template <std::floating_point T>
-T sigmoid(T x) noexcept {
+MMFUSE_HOST_DEVICE T sigmoid(T x) noexcept {
     if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
     const T e = std::exp(x);
     return e / (T(1) + e);
@@ -63,7 +64,7 @@ inline constexpr double inv_sqrt_2pi = 0.3989422804014327;
 
 /// f(x) for activation `K` (formulas on `unary_kind`).
 template <unary_kind K, std::floating_point T>
-T value(T x) noexcept {
+MMFUSE_HOST_DEVICE T value(T x) noexcept {
     if constexpr (K == unary_kind::relu) {
         return x < T(0) ? T(0) : x;  // NaN propagates, as torch.relu
     } else if constexpr (K == unary_kind::gelu_erf) {
@@ -90,7 +91,7 @@ T value(T x) noexcept {
 ///   sigmoid    s (1 - s)
 ///   tanh       1 - tanh^2 x
 template <unary_kind K, std::floating_point T>
-T derivative(T x) noexcept {
+MMFUSE_HOST_DEVICE T derivative(T x) noexcept {
     if constexpr (K == unary_kind::relu) {
         return x <= T(0) ? T(0) : T(1);
     } else if constexpr (K == unary_kind::gelu_erf) {
