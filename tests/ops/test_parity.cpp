@@ -12,12 +12,14 @@
 
 #include "mmfuse/backend/eigen/device.hpp"
 #include "mmfuse/backend/registry.hpp"
+#include "mmfuse/ops/attention.hpp"
 #include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/gather.hpp"
 #include "mmfuse/ops/layout.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
 #include "mmfuse/ops/pointwise.hpp"
+#include "mmfuse/ops/random.hpp"
 #include "mmfuse/ops/reduce.hpp"
 #include "mmfuse/ops/softmax.hpp"
 #include "support/parity.hpp"
@@ -234,6 +236,61 @@ std::vector<op_case> all_cases() {
             auto& idx = r.input<std::int64_t>({9}, 0.0, 4.0);
             auto& grad = r.inout<T>({4, 5});
             ops::scatter_add_rows(r.stream, dy.cref(), idx.cref(), grad.ref());
+        });
+
+    // ---- fused ops: matmul epilogue, attention, Philox fill, combine ----
+    const ops::matmul_desc epi{false, true, 1.0, 0.0, ops::matmul_epilogue::bias_gelu_tanh};
+    add("matmul with a bias + gelu_tanh epilogue", epi, [epi]<class T>(case_run& r) {
+        auto& a = r.input<T>({2, 5, 6});
+        auto& b = r.input<T>({7, 6});  // (N, K): nn.Linear's weight
+        auto& bias = r.input<T>({7});
+        auto& c = r.output<T>({2, 5, 7});
+        ops::matmul(r.stream, a.cref(), b.cref(), bias.cref(), c.ref(), epi);
+    });
+    const ops::attention_desc att{0.4, true, 2, true};
+    add("attention, key padding and causal offset 2", att, [att]<class T>(case_run& r) {
+        auto& q = r.input<T>({2, 2, 4, 5});
+        auto& k = r.input<T>({2, 2, 6, 5});
+        auto& v = r.input<T>({2, 2, 6, 3});
+        auto& kp = r.mask({2, 1, 1, 6}, 0.7);
+        auto& o = r.output<T>({2, 2, 4, 3});
+        auto& lse = r.output<T>({2, 2, 4});
+        ops::attention(r.stream, q.cref(), k.cref(), v.cref(), o.ref(), lse.ref(), att,
+                       kp.cref());
+    });
+    add("attention_backward, masked and causal", ops::attention_backward_desc{att},
+        [att]<class T>(case_run& r) {
+            auto& q = r.input<T>({1, 3, 5, 4});
+            auto& k = r.input<T>({1, 3, 6, 4});
+            auto& v = r.input<T>({1, 3, 6, 2});
+            auto& keep = r.mask({1, 3, 5, 6}, 0.7);
+            auto& dout = r.input<T>({1, 3, 5, 2});
+            auto& o = r.output<T>({1, 3, 5, 2});
+            auto& lse = r.output<T>({1, 3, 5});
+            auto& dq = r.output<T>({1, 3, 5, 4});
+            auto& dk = r.output<T>({1, 3, 6, 4});
+            auto& dv = r.output<T>({1, 3, 6, 2});
+            ops::attention(r.stream, q.cref(), k.cref(), v.cref(), o.ref(), lse.ref(), att,
+                           keep.cref());
+            ops::attention_backward(r.stream, q.cref(), k.cref(), v.cref(), o.cref(), dout.cref(),
+                                    lse.cref(), dq.ref(), dk.ref(), dv.ref(), att, keep.cref());
+        });
+    for (ops::random_kind k : {ops::random_kind::uniform, ops::random_kind::normal}) {
+        const ops::fill_random_desc fd{k, -0.5, 2.0, {20240917, 3, 1001}};
+        add(k == ops::random_kind::uniform ? "fill_random uniform" : "fill_random normal", fd,
+            [fd]<class T>(case_run& r) {
+                auto& y = r.output<T>({3, 4, 5});
+                ops::fill_random(r.stream, y.ref(), fd);
+            });
+    }
+    add("combine of 3 inputs (one broadcast) with noise", ops::combine_desc{},
+        []<class T>(case_run& r) {
+            auto& x0 = r.input<T>({4, 6});
+            auto& x1 = r.input<T>({4, 6});
+            auto& x2 = r.input<T>({6});
+            auto& y = r.output<T>({4, 6});
+            ops::combine(r.stream, y.ref(), {x0.cref(), x1.cref(), x2.cref()}, {0.9, -0.4, 1.5},
+                         0.3, {7, 1, 64});
         });
     return cs;
 }

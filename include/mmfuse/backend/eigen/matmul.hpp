@@ -3,7 +3,10 @@
 /// Eigen reference kernel: batched matmul, C = alpha * op(A) op(B) + beta * C (BLAS GEMM
 /// semantics: with beta == 0, C is write-only; with alpha == 0 or K == 0, A and B are not
 /// read). Each batch entry is one Eigen matrix product on `Eigen::Map`s of the caller's
-/// memory; a transposed operand is the same memory with its two strides swapped.
+/// memory; a transposed operand is the same memory with its two strides swapped. An
+/// epilogue (`ops::matmul_epilogue`) runs after the product as one more pass over C:
+/// C = act(C + bias) in the compute type, with the activation formulas of
+/// `ops/activation_math.hpp` — the same arithmetic as `bias_add` then `unary`.
 ///
 /// Map choice: when every operand has a unit stride along one of its two axes (row-major,
 /// column-major or transposed views — the usual case) the maps carry only an outer stride
@@ -21,6 +24,7 @@
 
 #include "mmfuse/backend/eigen/common.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
+#include "mmfuse/ops/activation_math.hpp"
 #include "mmfuse/ops/op_desc.hpp"
 
 namespace mmfuse::inline v0::backend::eigen {
@@ -158,13 +162,44 @@ void matmul_kernel(const ops::matmul_desc& d, const tensor_ref<const T>& a,
     }
 }
 
+/// c = act(c + bias) in place, bias (N) broadcast over every axis of c but the last; act
+/// is the identity (`bias`), relu or gelu_tanh. Nothing happens for `none`.
+template <class T>
+void apply_epilogue(ops::matmul_epilogue e, const tensor_ref<const T>& bias,
+                     const tensor_ref<T>& c) {
+    if (e == ops::matmul_epilogue::none) return;
+    const tensor_ref<const T> row_bias = bias.expand(c.extents());
+    const tensor_ref<const T> c_in = c;
+    const auto add_bias_then = [&](auto act) {
+        map_elements(
+            c, [act](T x, T b) { return act(x + b); }, c_in, row_bias);
+    };
+    switch (e) {
+        case ops::matmul_epilogue::bias:
+            add_bias_then([](T x) { return x; });
+            break;
+        case ops::matmul_epilogue::bias_relu:
+            add_bias_then([](T x) { return ops::act::value<ops::unary_kind::relu>(x); });
+            break;
+        case ops::matmul_epilogue::bias_gelu_tanh:
+            add_bias_then([](T x) { return ops::act::value<ops::unary_kind::gelu_tanh>(x); });
+            break;
+        case ops::matmul_epilogue::none:
+            break;
+    }
+}
+
 }  // namespace detail
 
-/// matmul_desc: in a, b; out c (shapes on `ops::matmul_desc`). Any non-negative strides.
+/// matmul_desc: in a, b [, bias (N) with an epilogue]; out c (shapes on `ops::matmul_desc`).
+/// Any non-negative strides.
 inline void run(const ops::matmul_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
     dispatch_compute(out[0].type(), "matmul", [&]<class T>() {
-        detail::matmul_kernel<T>(d, in[0].as<const T>(), in[1].as<const T>(), out[0].as<T>());
+        const tensor_ref<T> c = out[0].as<T>();
+        detail::matmul_kernel<T>(d, in[0].as<const T>(), in[1].as<const T>(), c);
+        if (d.epilogue != ops::matmul_epilogue::none)
+            detail::apply_epilogue<T>(d.epilogue, in[2].as<const T>(), c);
     });
 }
 
