@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the CUDA tests and benchmarks here (nvcc, no GPU needed) and gathers what a GPU
-# machine needs to run them into one folder (default .devbin/, ignored by git):
-# the executables and the non-CUDA shared libraries they use (Google Benchmark).
-# Then, on the GPU machine, from the repository root: tools/cuda/device_run.sh .devbin
+# Builds the CUDA tests and benchmarks here (nvcc, no GPU needed) and packs what a GPU
+# machine needs to run them into one compressed archive, <dir>.tar.xz (default
+# .devbin.tar.xz, ignored by git): the executables and the non-CUDA shared libraries they
+# use (Google Benchmark). The executables each embed the kernels' fatbinary, so the archive
+# is what travels (a lab's carry limit is 64 MiB).
+# Then, on the GPU machine, from the repository root: tools/cuda/device_run.sh .devbin.tar.xz
 #   MMFUSE_CUDA_ARCHS  architectures to build (default 90: the H100/H200 the lab lends)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +24,9 @@ done
 # Shared libraries that are neither CUDA's nor the C/C++ runtime's travel along.
 for t in "$out"/*; do
     [[ -f "$t" ]] || continue
-    ldd "$t" | awk '/=> \//{print $3}' | grep -E 'libbenchmark' | xargs -r -I{} cp -L {} "$out/lib/"
+    { ldd "$t" | awk '/=> \//{print $3}' | grep -E 'libbenchmark' || true; } |
+        xargs -r -I{} cp -L {} "$out/lib/"
 done
-ls -la "$out" "$out/lib"
+strip --strip-unneeded "$out"/test_* "$out"/bench_* 2>/dev/null || true
+tar -C "$(dirname "$out")" -cJf "$out.tar.xz" "$(basename "$out")"
+ls -la "$out" "$out/lib" "$out.tar.xz"

@@ -5,9 +5,13 @@
 #   MMFUSE_DEVICE_TESTS=0       skip the tests;  MMFUSE_DEVICE_BENCH=0  skip the benchmarks
 #   MMFUSE_TEST_ARGS            extra Catch2 arguments (e.g. a test-name filter)
 set -uo pipefail
-bin="${1:-.devbin}"
+bin="${1:-.devbin.tar.xz}"
 out="${2:-device-out}"
 mkdir -p "$out"
+if [[ "$bin" == *.tar.xz ]]; then
+    mkdir -p /tmp/mmfuse-devbin && tar -C /tmp/mmfuse-devbin -xJf "$bin"
+    bin="/tmp/mmfuse-devbin/$(basename "$bin" .tar.xz)"
+fi
 pylibs="$(python3 - <<'PY' 2>/dev/null
 import glob, os, site
 paths = []
