@@ -13,6 +13,7 @@
 
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/ops/matmul.hpp"
+#include "matmul_cases.hpp"
 #include "support/strided.hpp"
 #include "support/test_util.hpp"
 
@@ -20,19 +21,6 @@ using namespace mmfuse;
 using namespace mmfuse_test;
 
 namespace {
-
-struct gemm_case {
-    int a_rank, b_rank;
-    index_t batch, m, k, n;
-    bool ta, tb;
-    double alpha, beta;
-};
-
-/// Extents of an operand: (rows, cols) stored transposed when `t`, with a batch prefix.
-extents operand_extents(int rank, index_t batch, index_t rows, index_t cols, bool t) {
-    const index_t r = t ? cols : rows, c = t ? rows : cols;
-    return rank == 3 ? extents{batch, r, c} : extents{r, c};
-}
 
 /// op(X)[bi](i, j) read straight from the view.
 template <class T>

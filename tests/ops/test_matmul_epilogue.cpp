@@ -15,11 +15,13 @@
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/pointwise.hpp"
+#include "matmul_cases.hpp"
 #include "support/strided.hpp"
 #include "support/test_util.hpp"
 
 using namespace mmfuse;
 using mmfuse_test::layout;
+using mmfuse_test::operand_extents;
 using mmfuse_test::strided_operand;
 
 namespace {
@@ -43,17 +45,6 @@ double activation_in_double(ops::matmul_epilogue e, double x) {
     }
 }
 
-struct epilogue_case {
-    int a_rank, b_rank;
-    index_t batch, m, k, n;
-    bool ta, tb;
-    double alpha, beta;
-};
-
-extents operand_extents(int rank, index_t batch, index_t rows, index_t cols, bool t) {
-    const index_t r = t ? cols : rows, c = t ? rows : cols;
-    return rank == 3 ? extents{batch, r, c} : extents{r, c};
-}
 
 }  // namespace
 
@@ -62,7 +53,7 @@ TEMPLATE_TEST_CASE("matmul epilogues equal matmul then bias_add then the activat
     using T = TestType;
     auto& s = backend::default_stream();
     auto rng = mmfuse_test::make_rng(501);
-    const std::vector<epilogue_case> cases = {
+    const std::vector<mmfuse_test::gemm_case> cases = {
         {2, 2, 1, 5, 7, 6, false, false, 1.0, 0.0},
         {2, 2, 1, 4, 3, 9, true, true, 0.5, 0.0},
         {3, 3, 3, 4, 6, 5, false, true, 1.0, 0.7},  // beta != 0: C is read
@@ -71,7 +62,7 @@ TEMPLATE_TEST_CASE("matmul epilogues equal matmul then bias_add then the activat
         {2, 2, 1, 3, 0, 4, false, false, 1.0, 0.5},  // K == 0: act(beta C + bias)
     };
     int counter = 0;
-    for (const epilogue_case& g : cases)
+    for (const mmfuse_test::gemm_case& g : cases)
         for (ops::matmul_epilogue e :
              {ops::matmul_epilogue::bias, ops::matmul_epilogue::bias_relu,
               ops::matmul_epilogue::bias_gelu_tanh}) {
