@@ -25,7 +25,7 @@ cuda_archs="${MMFUSE_CUDA_ARCHS:-90}"
 echo "== Release build: every test"
 cmake -S "$root" -B "$build_root/release" -DCMAKE_BUILD_TYPE=Release \
     -DMMFUSE_BUILD_TESTS=ON -DMMFUSE_BUILD_EXAMPLES=ON -DMMFUSE_BUILD_BENCHMARKS=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="$cuda_archs"
+    -DMMFUSE_CUDA_ARCHITECTURES="$cuda_archs"
 cmake --build "$build_root/release" -j "$jobs"
 # A failure here is reported at the end, after the sanitizer stage has run too.
 release_status=0

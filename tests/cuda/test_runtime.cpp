@@ -239,3 +239,49 @@ TEST_CASE("cuda graph capture refuses to grow op scratch, then works after one e
     CHECK(same_bits(gpu::download(y), eager));
     CHECK(mc::allocation_count() == grown);
 }
+
+TEST_CASE("cuda graph replays only on its stream and survives later scratch growth", "[cuda]") {
+    auto rng = make_rng(2006);
+    auto owner = fresh_stream();
+    auto& s = static_cast<mc::cuda_stream&>(*owner);
+    const auto x = gpu::upload(random_tensor<float>(extents{8192, 64}, rng));
+    auto y = gpu::poisoned<float>(extents{64});
+    const auto step = [&] { ops::reduce<float>(s, ops::reduce_kind::sum, 0, x.cref(), y.ref()); };
+    step();  // sizes the scratch
+    const tensor<float> eager = gpu::download(y);
+    mc::graph g = mc::graph::capture(s, step);
+
+    // Another stream would race the capturing stream's eager ops over the same scratch.
+    auto other = fresh_stream();
+    CHECK_THROWS_AS(g.launch(static_cast<mc::cuda_stream&>(*other)), backend_error);
+
+    // A larger op grows the scratch; the graph still points into the outgrown block, which is
+    // retired, not freed, so its replay still computes the same sums.
+    const std::size_t small = s.scratch_bytes();
+    s.reserve_scratch(small + (std::size_t(64) << 20));
+    CHECK(s.scratch_bytes() > small);
+    mc::check(cudaMemset(y.data(), 0xFF, y.bytes()), "cudaMemset");
+    mc::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    g.launch(s);
+    s.synchronize();
+    CHECK(same_bits(gpu::download(y), eager));
+}
+
+TEST_CASE("cuda launchers refuse direct execute calls whose operands do not fit", "[cuda]") {
+    auto& s = gpu::stream();
+    const auto a = gpu::poisoned<float>(extents{4, 8});
+    const auto b = gpu::poisoned<float>(extents{4, 9});
+    auto y = gpu::poisoned<float>(extents{4, 8});
+    using arefs = std::array<any_tensor_ref, 2>;
+    const std::array<any_tensor_ref, 1> out{y.ref()};
+    // binary: b is not y's shape (the front-end would have refused it; the kernel must too).
+    CHECK_THROWS_AS(s.execute(ops::binary_desc{ops::binary_kind::add}, arefs{a.cref(), b.cref()}, out),
+                    backend_error);
+    // concat: parts of widths 8 and 9 do not tile an output of width 8.
+    CHECK_THROWS_WITH(s.execute(ops::concat_desc{-1}, arefs{a.cref(), b.cref()}, out),
+                      Catch::Contains("do not tile"));
+    // matmul: (4, 8) x (4, 9) has mismatched inner dimensions.
+    CHECK_THROWS_WITH(s.execute(ops::matmul_desc{}, arefs{a.cref(), b.cref()}, out),
+                      Catch::Contains("do not fit"));
+    s.synchronize();
+}

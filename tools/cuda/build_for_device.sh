@@ -13,7 +13,7 @@ build="${MMFUSE_DEVICE_BUILD:-$root/build-device}"
 export PATH="/usr/local/cuda/bin:$PATH"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMFUSE_WITH_CUDA=ON \
     -DMMFUSE_BUILD_TESTS=ON -DMMFUSE_BUILD_EXAMPLES=OFF -DMMFUSE_BUILD_BENCHMARKS=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="${MMFUSE_CUDA_ARCHS:-90}" >/dev/null
+    -DMMFUSE_CUDA_ARCHITECTURES="${MMFUSE_CUDA_ARCHS:-90}" >/dev/null
 targets=(test_cuda_runtime test_cuda_pointwise test_cuda_norm test_cuda_gemm test_cuda_attention
          bench_cuda_gemm bench_cuda_attention)
 cmake --build "$build" -j "${MMFUSE_JOBS:-$(nproc)}" --target "${targets[@]}"

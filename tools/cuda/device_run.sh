@@ -23,11 +23,13 @@ PY
 export LD_LIBRARY_PATH="$bin/lib:/usr/local/cuda/lib64:${pylibs}:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$out/gpu.txt"
 summary=()
+worst=0  # the worst exit code of any test or benchmark: this script's own exit code
 if [[ "${MMFUSE_DEVICE_TESTS:-1}" == "1" ]]; then
     for t in "$bin"/test_cuda_*; do
         name="$(basename "$t")"
         "$t" --rng-seed time ${MMFUSE_TEST_ARGS:-} >"$out/$name.log" 2>&1
         rc=$?
+        (( rc > worst )) && worst=$rc
         tail -n 4 "$out/$name.log"
         summary+=("$name: exit $rc, $(grep -E '^(All tests passed|test cases:)' "$out/$name.log" | tail -n 1)")
     done
@@ -35,12 +37,15 @@ fi
 if [[ "${MMFUSE_DEVICE_BENCH:-1}" == "1" ]]; then
     "$bin/bench_cuda_gemm" --benchmark_format=console --benchmark_out="$out/bench_gemm.json" \
         --benchmark_out_format=json >"$out/bench_gemm.txt" 2>&1
-    summary+=("bench_cuda_gemm: exit $?")
+    rc=$?; (( rc > worst )) && worst=$rc
+    summary+=("bench_cuda_gemm: exit $rc")
     PYTHONUNBUFFERED=1 python3 benchmarks/cuda/sdpa_compare.py "$bin/bench_cuda_attention" \
         >"$out/attention.md" 2>&1
-    summary+=("sdpa_compare: exit $?")
+    rc=$?; (( rc > worst )) && worst=$rc
+    summary+=("sdpa_compare: exit $rc")
     cat "$out/bench_gemm.txt" | tail -n 30
     cat "$out/attention.md"
 fi
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+exit "$worst"

@@ -11,10 +11,14 @@
 ///   bytes, which is safe because the stream serialises them. It grows only when an op needs
 ///   more than any op before it (synchronising the stream first), so after the first step of
 ///   a loop it never allocates again; growing while a CUDA graph is being captured is refused
-///   with a `backend_error` that says to run one step before capturing.
+///   with a `backend_error` that says to run one step before capturing. A block outgrown is
+///   retired, not freed, until the stream is destroyed: a graph captured before the growth
+///   still points into it and stays valid.
 
 #include <cstddef>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -49,12 +53,14 @@ public:
                                             " bytes while a CUDA graph is being captured: run "
                                             "one step before capturing (or reserve() it)");
         check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (scratch growth)");
-        buffer_ = device_buffer();  // free the old block before taking a larger one
-        buffer_ = device_buffer(round_up(bytes));
+        device_buffer larger(round_up(bytes));
+        if (buffer_.data()) retired_.push_back(std::move(buffer_));
+        buffer_ = std::move(larger);
         return buffer_.data();
     }
     /// Grows to `bytes` now (outside any capture), so that later ops never allocate.
     void reserve(std::size_t bytes, cudaStream_t stream) { (void)acquire(bytes, stream); }
+    /// Bytes the current block holds (0 before the first op that needs scratch).
     std::size_t capacity_bytes() const noexcept { return buffer_.bytes(); }
 
 private:
@@ -63,6 +69,7 @@ private:
         return (bytes + granule - 1) / granule * granule;
     }
     device_buffer buffer_;
+    std::vector<device_buffer> retired_;  ///< outgrown blocks that captured graphs may still use
 };
 
 }  // namespace mmfuse::inline v0::backend::cuda

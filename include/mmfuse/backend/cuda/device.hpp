@@ -102,6 +102,9 @@ public:
     memory_space memory() const noexcept override { return memory_space::device; }
     int priority() const noexcept override { return 20; }
 
+    /// f32, bf16 and f16 for every op; `copy` also converts to and from f64. (Layouts the
+    /// op cannot read, e.g. a matmul operand without a unit stride, are refused by
+    /// `execute` with a `backend_error` that says so.)
     bool supports(const ops::op_desc& op, dtype type) const noexcept override {
         if (std::holds_alternative<ops::copy_desc>(op))
             return type == dtype::f32 || type == dtype::f64 || type == dtype::bf16 ||
@@ -118,6 +121,8 @@ public:
     int ordinal() const noexcept { return ordinal_; }
     /// Number of streaming multiprocessors.
     int multiprocessors() const noexcept { return multiprocessors_; }
+    /// Largest dynamic shared memory one block may opt in to, in bytes.
+    int max_shared_per_block() const noexcept { return max_shared_per_block_; }
     /// The GPU's marketing name ("NVIDIA H100 80GB HBM3").
     const std::string& gpu_name() const noexcept { return gpu_name_; }
 
@@ -126,17 +131,19 @@ private:
         cudaDeviceProp prop{};
         check(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties");
         multiprocessors_ = prop.multiProcessorCount;
+        max_shared_per_block_ = int(prop.sharedMemPerBlockOptin);
         gpu_name_ = prop.name;
     }
     int ordinal_;
     std::string name_;
     std::string gpu_name_;
     int multiprocessors_ = 0;
+    int max_shared_per_block_ = 0;
     std::unique_ptr<cuda_stream> default_stream_;
 };
 
 inline cuda_stream::cuda_stream(cuda_device& d) : device_(&d) {
-    check(cudaSetDevice(d.ordinal()), "cudaSetDevice");
+    const device_guard on(d.ordinal());
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
 }
 
@@ -160,16 +167,19 @@ inline void cuda_stream::execute(const ops::op_desc& op, std::span<const any_ten
         for (std::size_t i = 0; i < from.size(); ++i) {
             if (from[i].space() != memory_space::device && from[i].extents().numel() != 0)
                 throw backend_error(device_->name(),
-                                    std::string(ops::op_name(op)) + ": operand is in host memory; "
-                                    "the CUDA backend reads device memory only (device_tensor, "
-                                    "device_arena)");
+                                    std::string(ops::op_name(op)) + ": operand " +
+                                        std::to_string(i) + " of shape " +
+                                        from[i].extents().to_string() +
+                                        " is in host memory; the CUDA backend reads device "
+                                        "memory only (device_tensor, device_arena)");
             to[i] = kernels::make_view(from[i]);
         }
     };
     flatten(inputs, in);
     flatten(outputs, out);
+    const device_guard on(device_->ordinal());
     const kernels::launch_context cx{stream_, &scratch_, &gemm_, allow_tf32_,
-                                     device_->multiprocessors()};
+                                     device_->multiprocessors(), device_->max_shared_per_block()};
     std::visit(
         [&](const auto& d) {
             kernels::launch(d, kernels::inputs(in.data(), inputs.size()),

@@ -205,6 +205,33 @@ public:
         if (handle_) (void)cublasLtDestroy(handle_);
     }
 
+    /// Throws `backend_error` unless op(A) (M, K), op(B) (K, N), C (M, N), the batch and the
+    /// bias (N) agree: the guard for direct `stream::execute` calls that skip the front-end.
+    static void expect_consistent(const kernels::view& a, const kernels::view& b,
+                                  const kernels::view& c, const detail::strided_2d& am,
+                                  const detail::strided_2d& bm, const detail::strided_2d& cm,
+                                  const kernels::view* bias) {
+        const bool ranks_ok = a.rank >= 2 && a.rank <= 3 && b.rank >= 2 && b.rank <= 3 &&
+                              c.rank == std::max(a.rank, b.rank);
+        const index_t batch = c.rank == 3 ? c.extents[0] : 1;
+        const bool ok = ranks_ok && am.rows == cm.rows && bm.cols == cm.cols && am.cols == bm.rows &&
+                        (a.rank == 2 || a.extents[0] == batch) &&
+                        (b.rank == 2 || b.extents[0] == batch) &&
+                        (!bias || (bias->rank == 1 && bias->extents[0] == cm.cols));
+        if (ok) return;
+        std::string msg = "matmul: operands do not fit together: a ";
+        msg += kernels::extents_string(a);
+        msg += ", b ";
+        msg += kernels::extents_string(b);
+        msg += ", c ";
+        msg += kernels::extents_string(c);
+        if (bias) {
+            msg += ", bias ";
+            msg += kernels::extents_string(*bias);
+        }
+        throw backend_error("cuda", msg);
+    }
+
     /// C = act(alpha op(A) op(B) + beta C + bias), enqueued on `cx.stream`.
     /// in: a, b [, bias (N) with an epilogue]; out: c — shapes as on `ops::matmul_desc`,
     /// already validated by the front-end; all in device memory, one dtype (f32, bf16, f16).
@@ -217,9 +244,12 @@ public:
         const kernels::view& c = out[0];
         const bool has_bias = d.epilogue != ops::matmul_epilogue::none;
         const index_t batch = c.rank == 3 ? c.extents[0] : 1;
+        if (a.rank < 2 || b.rank < 2 || c.rank < 2)
+            expect_consistent(a, b, c, {}, {}, {}, nullptr);  // throws: ranks must be 2 or 3
         const detail::strided_2d am = detail::last_two_axes(a, d.transpose_a);
         const detail::strided_2d bm = detail::last_two_axes(b, d.transpose_b);
         const detail::strided_2d cm = detail::last_two_axes(c, false);
+        expect_consistent(a, b, c, am, bm, cm, has_bias ? &in[2] : nullptr);
         if (cm.rows == 0 || cm.cols == 0 || batch == 0) return;
         if (batch > INT32_MAX) {
             std::string msg = "matmul: batch ";

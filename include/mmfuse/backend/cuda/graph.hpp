@@ -9,7 +9,9 @@
 ///     step.launch(s);  s.synchronize();
 ///
 /// A graph bakes in the pointers and op parameters it saw: replaying it recomputes the same
-/// ops on whatever the captured buffers hold now.
+/// ops on whatever the captured buffers hold now. It also uses the capturing stream's
+/// scratch, so it replays only on that stream (ordered with its eager ops); `launch` on
+/// another stream is refused.
 
 #include <utility>
 
@@ -41,6 +43,7 @@ public:
         cudaGraph_t g = nullptr;
         check(cudaStreamEndCapture(s.native(), &g), "cudaStreamEndCapture");
         graph out;
+        out.stream_ = s.native();
         const cudaError_t status = cudaGraphInstantiate(&out.exec_, g, 0);
         (void)cudaGraphDestroy(g);
         check(status, "cudaGraphInstantiate");
@@ -48,11 +51,13 @@ public:
     }
 
     graph() = default;
-    graph(graph&& o) noexcept : exec_(std::exchange(o.exec_, nullptr)) {}
+    graph(graph&& o) noexcept
+        : exec_(std::exchange(o.exec_, nullptr)), stream_(std::exchange(o.stream_, nullptr)) {}
     graph& operator=(graph&& o) noexcept {
         if (this != &o) {
             destroy();
             exec_ = std::exchange(o.exec_, nullptr);
+            stream_ = std::exchange(o.stream_, nullptr);
         }
         return *this;
     }
@@ -60,9 +65,12 @@ public:
     graph& operator=(const graph&) = delete;
     ~graph() { destroy(); }
 
-    /// Enqueues one replay on `s`.
+    /// Enqueues one replay on `s`, which must be the stream it was captured on.
     void launch(cuda_stream& s) const {
         if (!exec_) throw backend_error("cuda", "graph::launch on an empty graph");
+        if (s.native() != stream_)
+            throw backend_error("cuda", "graph::launch on a stream other than the one it was "
+                                        "captured on (its ops use that stream's scratch)");
         check(cudaGraphLaunch(exec_, s.native()), "cudaGraphLaunch");
     }
 
@@ -72,6 +80,7 @@ private:
         exec_ = nullptr;
     }
     cudaGraphExec_t exec_ = nullptr;
+    cudaStream_t stream_ = nullptr;  ///< the capturing stream
 };
 
 }  // namespace mmfuse::inline v0::backend::cuda

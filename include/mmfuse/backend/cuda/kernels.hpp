@@ -18,11 +18,13 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include <cuda_runtime_api.h>
 
 #include "mmfuse/core/config.hpp"
 #include "mmfuse/core/dtype.hpp"
+#include "mmfuse/core/error.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/ops/op_desc.hpp"
 
@@ -73,6 +75,37 @@ inline view make_view(const any_tensor_ref& t) noexcept {
     return v;
 }
 
+/// "(2, 3, 4)": a view's extents, for error messages.
+inline std::string extents_string(const view& v) {
+    std::string s = "(";
+    for (int i = 0; i < v.rank; ++i) {
+        if (i) s += ", ";
+        s += std::to_string(v.extents[i]);
+    }
+    s += ")";
+    return s;
+}
+
+/// Throws `backend_error("cuda", ...)` naming `op` and `operand` unless `v` has the extents of
+/// `like`: the launchers' own guard for direct `stream::execute` calls that bypass the ops
+/// front-ends (the only way to reach bf16/f16 today), so a mismatch is an error, never an
+/// out-of-bounds access.
+inline void expect_same_extents(const char* op, const char* operand, const view& v,
+                                const view& like) {
+    bool same = v.rank == like.rank;
+    for (int i = 0; same && i < v.rank; ++i)
+        same = v.extents[i] == like.extents[i];
+    if (same) return;
+    std::string msg = op;
+    msg += ": ";
+    msg += operand;
+    msg += ": expected shape ";
+    msg += extents_string(like);
+    msg += ", got ";
+    msg += extents_string(v);
+    throw backend_error("cuda", msg);
+}
+
 /// Where and with what a launcher runs.
 struct launch_context {
     cudaStream_t stream = nullptr;
@@ -80,9 +113,12 @@ struct launch_context {
     gemm_engine* gemm = nullptr;       ///< the stream's cuBLASLt state
     bool allow_tf32 = false;           ///< f32 GEMMs may use TF32 tensor cores
     int multiprocessors = 0;           ///< SM count of the device (grid sizing)
+    int max_shared_per_block = 0;      ///< opt-in dynamic shared memory limit of one block, bytes
 };
 
+/// A launcher's input operands, in the descriptor's documented order.
 using inputs = std::span<const view>;
+/// A launcher's output operands, in the descriptor's documented order.
 using outputs = std::span<const view>;
 
 // ---- src/pointwise.cu ---------------------------------------------------------------

@@ -34,7 +34,8 @@
 namespace mmfuse::inline v0::backend::cuda {
 
 /// Throws `backend_error("cuda", ...)` naming `what` unless `status` is cudaSuccess. Also
-/// clears the runtime's sticky last error so that a later check is not blamed for it.
+/// resets the runtime's last (non-sticky) error so that a later check is not blamed for it;
+/// a sticky error (a kernel fault) stays, and every later call reports it.
 inline void check(cudaError_t status, std::string_view what) {
     if (status == cudaSuccess) return;
     (void)cudaGetLastError();
@@ -64,16 +65,40 @@ inline int device_count() noexcept {
     return n;
 }
 
-/// Device allocations made through `device_malloc` since the program started.
+/// Makes GPU `ordinal` current for the guard's lifetime and restores the previous one
+/// (a no-op when it already is current), so that work for one `cuda_device` never lands on
+/// another GPU that happened to be current.
+class device_guard {
+public:
+    explicit device_guard(int ordinal) {
+        check(cudaGetDevice(&previous_), "cudaGetDevice");
+        if (previous_ != ordinal) check(cudaSetDevice(ordinal), "cudaSetDevice");
+    }
+    ~device_guard() {
+        int now = previous_;
+        if (cudaGetDevice(&now) == cudaSuccess && now != previous_) (void)cudaSetDevice(previous_);
+    }
+    device_guard(const device_guard&) = delete;
+    device_guard& operator=(const device_guard&) = delete;
+
+private:
+    int previous_ = 0;
+};
+
+/// The counter behind `allocation_count()`.
 inline std::atomic<std::uint64_t>& allocation_counter() noexcept {
     static std::atomic<std::uint64_t> n{0};
     return n;
 }
+/// Device allocations made through `device_malloc` (every allocation of the backend, its
+/// arenas and `device_tensor`) since the program started: tests compare it before and after
+/// a steady-state step.
 inline std::uint64_t allocation_count() noexcept {
     return allocation_counter().load(std::memory_order_relaxed);
 }
 
-/// cudaMalloc of `bytes` (at least 1), counted; throws `backend_error` on failure.
+/// cudaMalloc of `bytes` (at least 1) on the current GPU, counted; throws `backend_error`
+/// on failure.
 inline void* device_malloc(std::size_t bytes) {
     void* p = nullptr;
     check(cudaMalloc(&p, bytes == 0 ? 1 : bytes), "cudaMalloc(" + std::to_string(bytes) + " bytes)");
@@ -100,7 +125,9 @@ public:
     device_buffer& operator=(const device_buffer&) = delete;
     ~device_buffer() { release(); }
 
+    /// Device address (null when empty).
     void* data() const noexcept { return data_; }
+    /// Size in bytes as requested.
     std::size_t bytes() const noexcept { return bytes_; }
 
 private:
@@ -113,7 +140,8 @@ private:
     std::size_t bytes_ = 0;
 };
 
-/// A contiguous row-major tensor in device memory (uninitialised).
+/// A contiguous row-major tensor in device memory (uninitialised), allocated on the GPU that
+/// is current at construction (GPU 0 unless the program calls cudaSetDevice).
 ///
 ///     cuda::device_tensor<float> x({32, 64, 256});
 ///     ops::matmul(cuda_stream, x.cref(), w.cref(), y.ref());

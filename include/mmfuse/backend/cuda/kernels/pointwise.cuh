@@ -127,6 +127,8 @@ bool dense_vectorisable(const view& y, const std::array<view, N>& x) {
 template <int N, class In, class Out, class F>
 void launch_map(const char* name, const F& f, const view& y, const std::array<view, N>& x,
                 const launch_context& cx) {
+    for (int k = 0; k < N; ++k)
+        expect_same_extents(name, "input", x[std::size_t(k)], y);
     const index_t n = y.numel();
     if (n == 0) return;
     constexpr int W = vector_width<In, Out>;

@@ -203,7 +203,9 @@ void backward(at::attention_params p, bool tensor_cores, const launch_context& c
     if (p.lk > 0) {
         bool done = false;
         if constexpr (!std::is_same_v<T, float>) {
-            if (tensor_cores) {
+            // The tensor-core backward needs up to ~110 KB of shared memory per block: more
+            // than some GPUs allow (sm_86/sm_89 opt in to 99 KB); those take the general path.
+            if (tensor_cores && at::backward_tc_smem(p.d) <= cx.max_shared_per_block) {
                 const auto run = [&](auto kernel, int smem) {
                     allow_smem(kernel, smem, "attention backward_tc");
                     kernel<<<grid_of(ceil_div(p.lk, at::backward_tc_keys), p), at::backward_tc_threads,

@@ -294,11 +294,37 @@ void launch(const ops::copy_desc&, inputs in, outputs out, const launch_context&
     });
 }
 
+/// Throws `backend_error` unless `parts` tile `whole` along `axis` exactly: each part has
+/// whole's extents except on `axis`, and their extents there add up to whole's.
+void expect_parts_fill(const char* op, std::span<const view> parts, const view& whole, int axis) {
+    bool ok = axis >= 0 && axis < whole.rank;
+    index_t total = 0;
+    for (const view& part : parts) {
+        ok = ok && part.rank == whole.rank;
+        for (int a = 0; ok && a < whole.rank; ++a)
+            ok = a == axis || part.extents[a] == whole.extents[a];
+        if (ok) total += part.extents[axis];
+    }
+    if (ok && total == whole.extents[axis]) return;
+    std::string msg = op;
+    msg += ": the parts do not tile the whole tensor ";
+    msg += extents_string(whole);
+    msg += " along axis ";
+    msg += std::to_string(axis);
+    msg += "; parts:";
+    for (const view& part : parts) {
+        msg += " ";
+        msg += extents_string(part);
+    }
+    throw backend_error("cuda", msg);
+}
+
 /// concat: each input is copied into its slice of y along `axis` (one launch per part).
 void launch(const ops::concat_desc& d, inputs in, outputs out, const launch_context& cx) {
     const view& y = out[0];
     const int axis = d.axis < 0 ? d.axis + y.rank : d.axis;
     expect_dtype("concat", in, y.type);
+    expect_parts_fill("concat", in, y, axis);
     dispatch_float(y.type, "concat", [&]<class T>() {
         index_t start = 0;
         for (const view& part : in) {
@@ -315,6 +341,7 @@ void launch(const ops::split_desc& d, inputs in, outputs out, const launch_conte
     const view& x = in[0];
     const int axis = d.axis < 0 ? d.axis + x.rank : d.axis;
     expect_dtype("split", out, x.type);
+    expect_parts_fill("split", out, x, axis);
     dispatch_float(x.type, "split", [&]<class T>() {
         index_t start = 0;
         for (const view& part : out) {
