@@ -15,10 +15,13 @@
 /// allocate (scratch comes from `context.scratch`), and check their launches
 /// (`check_launch`), so a launch error surfaces as `backend_error` at the op that caused it.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include <cuda_runtime_api.h>
 
@@ -86,24 +89,51 @@ inline std::string extents_string(const view& v) {
     return s;
 }
 
-/// Throws `backend_error("cuda", ...)` naming `op` and `operand` unless `v` has the extents of
-/// `like`: the launchers' own guard for direct `stream::execute` calls that bypass the ops
-/// front-ends (the only way to reach bf16/f16 today), so a mismatch is an error, never an
-/// out-of-bounds access.
-inline void expect_same_extents(const char* op, const char* operand, const view& v,
-                                const view& like) {
-    bool same = v.rank == like.rank;
-    for (int i = 0; same && i < v.rank; ++i)
-        same = v.extents[i] == like.extents[i];
-    if (same) return;
-    std::string msg = op;
-    msg += ": ";
-    msg += operand;
-    msg += ": expected shape ";
-    msg += extents_string(like);
+/// "f32 (2, 3, 4)": a view's dtype and extents, for error messages.
+inline std::string describe(const view& v) {
+    std::string s(dtype_name(v.type));
+    s += " ";
+    s += extents_string(v);
+    return s;
+}
+
+// The launchers' own guards for direct `stream::execute` calls that bypass the ops
+// front-ends (the only way to reach bf16/f16 today): an operand that does not fit is a
+// `backend_error("cuda", "<op>: <operand>: expected ..., got ...")`, never an out-of-bounds
+// access.
+
+/// Throws unless `v` (operand `name` of `op`) has dtype `type` and the `rank` extents at
+/// `extents`.
+inline void expect_operand(std::string_view op, std::string_view name, const view& v, dtype type,
+                           int rank, const index_t* extents) {
+    bool ok = v.type == type && v.rank == rank;
+    for (int i = 0; ok && i < rank; ++i)
+        ok = v.extents[i] == extents[i];
+    if (ok) return;
+    view want;
+    want.type = type;
+    want.rank = rank;
+    std::copy_n(extents, rank, want.extents);
+    std::string msg(op);
+    msg += ": operand ";
+    msg += name;
+    msg += ": expected ";
+    msg += describe(want);
     msg += ", got ";
-    msg += extents_string(v);
+    msg += describe(v);
     throw backend_error("cuda", msg);
+}
+
+/// `expect_operand` with the extents written out: `expect_operand(op, "o", o, t, {b, h, l, d})`.
+inline void expect_operand(std::string_view op, std::string_view name, const view& v, dtype type,
+                           std::initializer_list<index_t> extents) {
+    expect_operand(op, name, v, type, int(extents.size()), extents.begin());
+}
+
+/// Throws unless `v` has the extents of `like` (its dtype is not checked).
+inline void expect_same_extents(std::string_view op, std::string_view name, const view& v,
+                                const view& like) {
+    expect_operand(op, name, v, v.type, like.rank, like.extents);
 }
 
 /// Where and with what a launcher runs.

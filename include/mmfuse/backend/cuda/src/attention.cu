@@ -23,41 +23,6 @@ namespace {
 
 namespace at = attention;
 
-std::string describe(const view& v) {
-    std::string s = "dtype ";
-    s += dtype_name(v.type);
-    s += " shape (";
-    for (int i = 0; i < v.rank; ++i) {
-        if (i) s += ", ";
-        s += std::to_string(v.extents[i]);
-    }
-    s += ")";
-    return s;
-}
-
-/// Throws shape_error unless `v` has dtype `type` and extents `expected` (rank = size).
-void expect(const char* op, const char* operand, const view& v, dtype type,
-            std::initializer_list<index_t> expected) {
-    bool ok = v.type == type && v.rank == int(expected.size());
-    int axis = 0;
-    for (const index_t e : expected)
-        ok = ok && v.extents[axis++] == e;
-    if (ok) return;
-    std::string want = "dtype ";
-    want += dtype_name(type);
-    want += " shape (";
-    axis = 0;
-    for (const index_t e : expected) {
-        if (axis++) want += ", ";
-        want += std::to_string(e);
-    }
-    want += ")";
-    std::string what = op;
-    what += " operand ";
-    what += operand;
-    throw shape_error("cuda", what, want, describe(v));
-}
-
 at::strides4 strides_of(const view& v) {
     return {v.strides[0], v.strides[1], v.strides[2], v.strides[3]};
 }
@@ -67,17 +32,17 @@ at::strides4 strides_of(const view& v) {
 at::attention_params forward_params(const ops::attention_desc& d, const char* op, const view& q,
                                     const view& k, const view& v, const view* keep, const view& o,
                                     const view& lse) {
-    if (q.rank != 4) expect(op, "q", q, q.type, {0, 0, 0, 0});
+    if (q.rank != 4) expect_operand(op, "q", q, q.type, {0, 0, 0, 0});
     const index_t batch = q.extents[0], heads = q.extents[1], lq = q.extents[2], dim = q.extents[3];
-    if (k.rank != 4) expect(op, "k", k, q.type, {batch, heads, 0, dim});
+    if (k.rank != 4) expect_operand(op, "k", k, q.type, {batch, heads, 0, dim});
     const index_t lk = k.extents[2];
-    if (v.rank != 4) expect(op, "v", v, q.type, {batch, heads, lk, 0});
+    if (v.rank != 4) expect_operand(op, "v", v, q.type, {batch, heads, lk, 0});
     const index_t dv = v.extents[3];
-    expect(op, "k", k, q.type, {batch, heads, lk, dim});
-    expect(op, "v", v, q.type, {batch, heads, lk, dv});
-    expect(op, "o", o, q.type, {batch, heads, lq, dv});
-    expect(op, "lse", lse, dtype::f32, {batch, heads, lq});
-    if (d.masked) expect(op, "keep", *keep, dtype::boolean, {batch, heads, lq, lk});
+    expect_operand(op, "k", k, q.type, {batch, heads, lk, dim});
+    expect_operand(op, "v", v, q.type, {batch, heads, lk, dv});
+    expect_operand(op, "o", o, q.type, {batch, heads, lq, dv});
+    expect_operand(op, "lse", lse, dtype::f32, {batch, heads, lq});
+    if (d.masked) expect_operand(op, "keep", *keep, dtype::boolean, {batch, heads, lq, lk});
     if (q.type != dtype::f32 && q.type != dtype::bf16 && q.type != dtype::f16)
         throw backend_error("cuda", std::string(op) + ": dtype " + std::string(dtype_name(q.type)) +
                                         " is not supported (f32, bf16, f16 are)");
@@ -253,10 +218,10 @@ void launch(const ops::attention_backward_desc& d, inputs in, outputs out, const
     at::attention_params p =
         forward_params(d.forward, "attention_backward", in[0], in[1], in[2], keep, in[3], in[5]);
     const dtype type = in[0].type;
-    expect("attention_backward", "do", in[4], type, {p.batch, p.heads, p.lq, p.dv_dim});
-    expect("attention_backward", "dq", out[0], type, {p.batch, p.heads, p.lq, p.d});
-    expect("attention_backward", "dk", out[1], type, {p.batch, p.heads, p.lk, p.d});
-    expect("attention_backward", "dv", out[2], type, {p.batch, p.heads, p.lk, p.dv_dim});
+    expect_operand("attention_backward", "do", in[4], type, {p.batch, p.heads, p.lq, p.dv_dim});
+    expect_operand("attention_backward", "dq", out[0], type, {p.batch, p.heads, p.lq, p.d});
+    expect_operand("attention_backward", "dk", out[1], type, {p.batch, p.heads, p.lk, p.d});
+    expect_operand("attention_backward", "dv", out[2], type, {p.batch, p.heads, p.lk, p.dv_dim});
     p.dout = in[4].data;
     p.dq = out[0].data;
     p.dk = out[1].data;

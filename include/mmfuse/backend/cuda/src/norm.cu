@@ -40,40 +40,6 @@ unsigned grid_size(index_t blocks) {
     return unsigned(std::clamp<index_t>(blocks, 1, 0x7fffffff));
 }
 
-/// "f32 (2, 3, 4)".
-std::string describe(const view& v) {
-    std::string s(dtype_name(v.type));
-    s += " (";
-    for (int i = 0; i < v.rank; ++i) {
-        if (i) s += ", ";
-        s += std::to_string(v.extents[i]);
-    }
-    s += ")";
-    return s;
-}
-
-/// Throws `backend_error` unless `v` (operand `name` of `op`) has dtype `type`, rank `rank`
-/// and the extents `extents[0..rank)`.
-void expect_operand(std::string_view op, std::string_view name, const view& v, dtype type, int rank,
-                    const index_t* extents) {
-    bool ok = v.type == type && v.rank == rank;
-    for (int i = 0; ok && i < rank; ++i)
-        ok = v.extents[i] == extents[i];
-    if (ok) return;
-    view want;
-    want.type = type;
-    want.rank = rank;
-    std::copy_n(extents, rank, want.extents);
-    std::string msg(op);
-    msg += ": operand ";
-    msg += name;
-    msg += ": expected ";
-    msg += describe(want);
-    msg += ", got ";
-    msg += describe(v);
-    throw backend_error("cuda", msg);
-}
-
 /// `v` must have the dtype and extents of `like`.
 void expect_like(std::string_view op, std::string_view name, const view& v, const view& like) {
     expect_operand(op, name, v, like.type, like.rank, like.extents);
