@@ -22,17 +22,6 @@ using namespace mmfuse_test;
 
 namespace {
 
-/// op(X)[bi](i, j) read straight from the view.
-template <class T>
-double op_elem(const tensor_ref<const T>& x, bool t, index_t bi, index_t i, index_t j) {
-    std::array<index_t, 3> idx{};
-    std::size_t r = 0;
-    if (x.rank() == 3) idx[r++] = bi;
-    idx[r++] = t ? j : i;
-    idx[r++] = t ? i : j;
-    return double(x.at({idx.data(), r}));
-}
-
 /// alpha * op(A) op(B) + beta * C0 in double (C0 ignored when beta == 0).
 template <class T>
 std::vector<double> reference(const gemm_case& g, const tensor_ref<const T>& a,

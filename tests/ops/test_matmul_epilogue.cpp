@@ -109,22 +109,13 @@ TEMPLATE_TEST_CASE("matmul epilogues equal matmul then bias_add then the activat
             // And against double loops, so that a shared mistake cannot hide.
             std::vector<double> ref(got.size());
             const auto av = a.cref(), bv = b.cref();
-            const auto op = [&](const tensor_ref<const T>& x, bool t, index_t bi, index_t i,
-                                index_t j) {
-                std::array<index_t, 3> idx{};
-                std::size_t r = 0;
-                if (x.rank() == 3) idx[r++] = bi;
-                idx[r++] = t ? j : i;
-                idx[r++] = t ? i : j;
-                return double(x.at({idx.data(), r}));
-            };
             const std::vector<double> bias_v = bias.values();
             for (index_t bi = 0; bi < (batched ? g.batch : 1); ++bi)
                 for (index_t i = 0; i < g.m; ++i)
                     for (index_t j = 0; j < g.n; ++j) {
                         double acc = 0.0;
                         for (index_t q = 0; q < g.k; ++q)
-                            acc += op(av, g.ta, bi, i, q) * op(bv, g.tb, bi, q, j);
+                            acc += mmfuse_test::op_elem(av, g.ta, bi, i, q) * mmfuse_test::op_elem(bv, g.tb, bi, q, j);
                         const std::size_t o = std::size_t((bi * g.m + i) * g.n + j);
                         const double pre = g.alpha * acc + (g.beta == 0.0 ? 0.0 : g.beta * c0[o]) +
                                            bias_v[std::size_t(j)];
