@@ -10,11 +10,14 @@
 /// backend sees the op, so backends may assume valid input.
 
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <variant>
 
 #include "mmfuse/core/config.hpp"
+#include "mmfuse/core/error.hpp"
 
 namespace mmfuse::inline v0::ops {
 
@@ -250,6 +253,23 @@ struct fill_random_desc {
     philox_draw draw{};
     friend bool operator==(const fill_random_desc&, const fill_random_desc&) = default;
 };
+
+/// Throws `value_error` naming `module` unless `d`'s parameters are valid: finite a <= b for
+/// `uniform`, finite mean a and finite std b >= 0 for `normal`. The one statement of the rule,
+/// checked by the `ops::fill_random` front-end and by backends on direct `execute` calls.
+inline void check_parameters(const fill_random_desc& d, std::string_view module) {
+    const bool uniform = d.kind == random_kind::uniform;
+    const bool ok = uniform ? std::isfinite(d.a) && std::isfinite(d.b) && d.a <= d.b
+                            : std::isfinite(d.a) && std::isfinite(d.b) && d.b >= 0.0;
+    if (ok) return;
+    std::string msg = uniform ? "fill_random uniform: expected finite a <= b, got a = "
+                              : "fill_random normal: expected a finite mean a and a finite "
+                                "std b >= 0, got a = ";
+    msg += std::to_string(d.a);
+    msg += ", b = ";
+    msg += std::to_string(d.b);
+    throw value_error(module, msg);
+}
 
 /// Maximum number of inputs of `combine_desc`.
 inline constexpr int max_combine_inputs = 4;

@@ -58,18 +58,7 @@ inline philox_draw take_draw(philox_generator& gen, std::uint64_t words) noexcep
 /// Throws `value_error` for bad parameters, `shape_error` for a null view.
 template <compute_type T>
 void fill_random(const op_context& cx, tensor_ref<T> y, const fill_random_desc& d) {
-    const bool uniform = d.kind == random_kind::uniform;
-    const bool ok = uniform ? std::isfinite(d.a) && std::isfinite(d.b) && d.a <= d.b
-                            : std::isfinite(d.a) && std::isfinite(d.b) && d.b >= 0.0;
-    if (!ok) {
-        std::string msg = uniform ? "fill_random uniform: expected finite a <= b, got a = "
-                                  : "fill_random normal: expected a finite mean a and a finite "
-                                    "std b >= 0, got a = ";
-        msg += std::to_string(d.a);
-        msg += ", b = ";
-        msg += std::to_string(d.b);
-        throw value_error(cx.module, msg);
-    }
+    check_parameters(d, cx.module);
     detail::expect_data(cx, "fill_random output y", y);
     detail::submit<0, 1>(cx, d, {}, {y});
 }

@@ -159,9 +159,7 @@ inline void cuda_stream::execute(const ops::op_desc& op, std::span<const any_ten
                                                  std::to_string(max_operands) + " operands");
     const dtype type = inputs.empty() ? outputs[0].type() : inputs[0].type();
     if (!device_->supports(op, type))
-        throw backend_error(device_->name(), std::string(ops::op_name(op)) + ": dtype " +
-                                                 std::string(dtype_name(type)) +
-                                                 " is not supported (f32, bf16, f16 are)");
+        kernels::unsupported_dtype(ops::op_name(op), type, "f32, bf16 and f16");
     std::array<kernels::view, max_operands> in{}, out{};
     const auto flatten = [&](std::span<const any_tensor_ref> from, auto& to) {
         for (std::size_t i = 0; i < from.size(); ++i) {

@@ -149,10 +149,7 @@ inline cudaDataType_t cuda_data_type(dtype t) {
         default:
             break;
     }
-    std::string msg = "matmul: dtype ";
-    msg += dtype_name(t);
-    msg += " is not supported (f32, bf16, f16 are)";
-    throw backend_error("cuda", msg);
+    kernels::unsupported_dtype("matmul", t, "f32, bf16 and f16");
 }
 
 inline cublasLtEpilogue_t lt_epilogue(ops::matmul_epilogue e) noexcept {

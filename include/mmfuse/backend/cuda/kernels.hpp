@@ -78,6 +78,23 @@ inline view make_view(const any_tensor_ref& t) noexcept {
     return v;
 }
 
+/// Throws the CUDA backend's "dtype not supported" `backend_error` for `op`, naming the
+/// dtypes that are (`supported`, e.g. "f32, bf16 and f16").
+[[noreturn]] inline void unsupported_dtype(std::string_view op, dtype type, const char* supported) {
+    std::string msg(op);
+    msg += ": dtype ";
+    msg += dtype_name(type);
+    msg += " is not supported (";
+    msg += supported;
+    msg += " are)";
+    throw backend_error("cuda", msg);
+}
+
+/// ceil(a / b) for a >= 0, b > 0: blocks needed to cover `a` items, `b` per block.
+constexpr index_t ceil_div(index_t a, index_t b) noexcept {
+    return (a + b - 1) / b;
+}
+
 /// "(2, 3, 4)": a view's extents, for error messages.
 inline std::string extents_string(const view& v) {
     std::string s = "(";

@@ -80,17 +80,6 @@ struct alignas(sizeof(T) * W) pack {
 template <class... Ts>
 inline constexpr int vector_width = int(16 / std::max({sizeof(Ts)...}));
 
-/// Throws the CUDA backend's "dtype not supported" `backend_error` for `op`.
-[[noreturn]] inline void unsupported_dtype(std::string_view op, dtype type, const char* supported) {
-    std::string msg(op);
-    msg += ": dtype ";
-    msg += dtype_name(type);
-    msg += " is not supported (";
-    msg += supported;
-    msg += " are)";
-    throw backend_error("cuda", msg);
-}
-
 /// Calls `f.template operator()<T>()` with T = float, bf16 or half for f32, bf16, f16;
 /// throws `backend_error` naming `op` for any other dtype.
 template <class F>

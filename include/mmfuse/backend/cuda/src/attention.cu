@@ -44,8 +44,7 @@ at::attention_params forward_params(const ops::attention_desc& d, const char* op
     expect_operand(op, "lse", lse, dtype::f32, {batch, heads, lq});
     if (d.masked) expect_operand(op, "keep", *keep, dtype::boolean, {batch, heads, lq, lk});
     if (q.type != dtype::f32 && q.type != dtype::bf16 && q.type != dtype::f16)
-        throw backend_error("cuda", std::string(op) + ": dtype " + std::string(dtype_name(q.type)) +
-                                        " is not supported (f32, bf16, f16 are)");
+        unsupported_dtype(op, q.type, "f32, bf16 and f16");
     if (dim > at::general_max_dim || dv > at::general_max_dim)
         throw value_error("cuda", std::string(op) + ": head sizes D = " + std::to_string(dim) +
                                       ", Dv = " + std::to_string(dv) + " exceed the supported " +
@@ -108,10 +107,6 @@ void allow_smem(Kernel* kernel, int bytes, const char* name) {
 
 dim3 grid_of(index_t blocks, const at::attention_params& p) {
     return dim3(unsigned(blocks), unsigned(p.heads), unsigned(p.batch));
-}
-
-index_t ceil_div(index_t a, index_t b) {
-    return (a + b - 1) / b;
 }
 
 /// Calls f with a value of the device element type of `type` (float, bf16 or f16).

@@ -31,10 +31,6 @@ constexpr index_t block_row_limit = 16384;
 /// Threads of a block-per-row launch (the kernels' launch bound).
 constexpr int block_threads = row_config<false, 0, 1>::max_threads;
 
-constexpr index_t ceil_div(index_t a, index_t b) {
-    return (a + b - 1) / b;
-}
-
 /// A grid dimension for `blocks` blocks (at least 1; the kernels loop when clamped).
 unsigned grid_size(index_t blocks) {
     return unsigned(std::clamp<index_t>(blocks, 1, 0x7fffffff));

@@ -422,16 +422,8 @@ void launch(const ops::scatter_add_rows_desc&, inputs in, outputs out, const lau
 /// uniforms bit-identical to the CPU, normals within the device's log/sin/cos ulps. Refuses
 /// the parameters core refuses, with `value_error`.
 void launch(const ops::fill_random_desc& d, inputs, outputs out, const launch_context& cx) {
+    ops::check_parameters(d, "cuda");
     const bool uniform = d.kind == ops::random_kind::uniform;
-    if (uniform ? !(std::isfinite(d.a) && std::isfinite(d.b) && d.a <= d.b)
-                : !(std::isfinite(d.a) && std::isfinite(d.b) && d.b >= 0)) {
-        std::string msg = uniform ? "expected finite a <= b for U[a, b), got a = "
-                                  : "expected finite mean a and finite std b >= 0, got a = ";
-        msg += std::to_string(d.a);
-        msg += ", b = ";
-        msg += std::to_string(d.b);
-        throw value_error("fill_random", msg);
-    }
     const philox_cursor src{philox_stream::from_seed(d.draw.seed, d.draw.subsequence)};
     dispatch_float(out[0].type, "fill_random", [&]<class T>() {
         const auto run = [&]<ops::random_kind K>() {
