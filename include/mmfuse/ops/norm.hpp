@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// Normalisation front-ends over the last axis: layer norm (`nn.LayerNorm`, Ba et al. 2016)
-/// and RMS norm (`nn.RMSNorm`, Zhang & Sennrich 2019), forward and backward.
+/// Normalisation front-ends over the last axis: layer norm (`nn.LayerNorm`, Ba et al. 2016),
+/// RMS norm (`nn.RMSNorm`, Zhang & Sennrich 2019) and L2 normalisation (`F.normalize`),
+/// forward and backward.
 ///
 /// Optional parameters are omitted by passing an empty view `{}`:
 ///
@@ -179,6 +180,33 @@ void rms_norm_backward(const op_context& cx, tensor_ref<const std::type_identity
         detail::submit<4, 2>(cx, d, {x, dy, rstd, gamma}, {dx, dgamma});
     else
         detail::submit<3, 1>(cx, d, {x, dy, rstd}, {dx});
+}
+
+/// L2 normalisation over the last axis (`F.normalize(x, dim=-1, eps=eps)`):
+/// y = x / max(||x||_2, eps). x (..., N), y like x (may be the memory of x), norm (R) =
+/// ||x||_2 per row, R = numel(x) / N (saved for backward). Any strides.
+template <compute_type T>
+void l2_normalize(const op_context& cx, tensor_ref<const std::type_identity_t<T>> x,
+                  tensor_ref<T> y, tensor_ref<T> norm, double eps = 1e-12) {
+    const index_t rows = detail::check_norm_input(cx, "l2_normalize input x", x);
+    detail::expect_operand(cx, "l2_normalize output y", y, x.extents());
+    detail::expect_operand(cx, "l2_normalize output norm", norm, extents{rows});
+    detail::submit<1, 2>(cx, l2_normalize_desc{eps}, {x}, {y, norm});
+}
+
+/// Backward of `l2_normalize` from its output y and the saved norm:
+/// dx = (dy - (dy . y) y) / norm per row (dy / eps where norm <= eps).
+/// y, dy, dx (..., N) (dx may be the memory of dy); norm (R). Any strides.
+template <compute_type T>
+void l2_normalize_backward(const op_context& cx, tensor_ref<const std::type_identity_t<T>> y,
+                           tensor_ref<const std::type_identity_t<T>> dy,
+                           tensor_ref<const std::type_identity_t<T>> norm, tensor_ref<T> dx,
+                           double eps = 1e-12) {
+    const index_t rows = detail::check_norm_input(cx, "l2_normalize_backward input y", y);
+    detail::expect_operand(cx, "l2_normalize_backward input dy", dy, y.extents());
+    detail::expect_operand(cx, "l2_normalize_backward input norm", norm, extents{rows});
+    detail::expect_operand(cx, "l2_normalize_backward output dx", dx, y.extents());
+    detail::submit<3, 1>(cx, l2_normalize_backward_desc{eps}, {y, dy, norm}, {dx});
 }
 
 }  // namespace mmfuse::inline v0::ops

@@ -287,13 +287,80 @@ struct combine_desc {
     friend bool operator==(const combine_desc&, const combine_desc&) = default;
 };
 
+/// y = x / max(||x||_2, eps) over the last axis (`F.normalize(x, dim=-1, eps=eps)`).
+/// in: x (..., N).  out: y (..., N), norm (R) = ||x||_2 per row, R = numel / N (saved for
+/// backward). y may be the same memory as x.
+struct l2_normalize_desc {
+    double eps = 1e-12;
+    friend bool operator==(const l2_normalize_desc&, const l2_normalize_desc&) = default;
+};
+
+/// Backward of `l2_normalize_desc` from its output: dx = (dy - (dy . y) y) / norm where
+/// norm > eps, else dy / eps (the denominator is the constant eps there, as in PyTorch).
+/// in: y (..., N), dy (..., N), norm (R).  out: dx (..., N) (may be the memory of dy).
+struct l2_normalize_backward_desc {
+    double eps = 1e-12;
+    friend bool operator==(const l2_normalize_backward_desc&,
+                           const l2_normalize_backward_desc&) = default;
+};
+
+/// The per-row loss `logit_loss_desc` evaluates on the logits z = scale * x + bias.
+enum class logit_loss_kind : std::uint8_t {
+    /// l_r = (sum_j y_rj) LSE_j(z_rj) - sum_j y_rj z_rj  (cross-entropy with soft targets;
+    /// `F.cross_entropy` for one-hot rows);  dl/dz = (sum_j y_rj) softmax(z_r) - y_r.
+    softmax_cross_entropy,
+    /// l_r = sum_j softplus(z_rj) - y_rj z_rj  (`F.binary_cross_entropy_with_logits`, summed
+    /// over the row);  dl/dz = sigmoid(z) - y.
+    sigmoid_binary,
+};
+
+/// Where the targets y of `logit_loss_desc` come from.
+enum class loss_targets : std::uint8_t {
+    diagonal,  ///< y_rj = 1 if j == r + target_offset else 0 (a row whose target column is
+               ///< outside [0, C) has none); no target memory
+    dense,     ///< a second input y (R, C)
+    none,      ///< y = 0 (SigLIP's negative-only blocks)
+};
+
+/// Fused loss and gradient over a logits matrix: the B x B (or b x N) core of every
+/// contrastive objective (CLIP, SigLIP, multi-positive, NegCLIP, HN-NCE, distillation).
+/// Logits z = scale * x + bias; targets y as `targets` says.
+/// With `kind = softmax_cross_entropy` and diagonal targets, `hn_alpha` / `hn_beta` turn the
+/// row into HN-NCE (Radenovic et al. 2023, arXiv 2301.02280), t = r + target_offset:
+///   l_r = log(alpha e^{z_t} + sum_{j!=t} w_j e^{z_j}) - z_t,
+///   w_j = (C - 1) e^{beta z_j} / sum_{k!=t} e^{beta z_k};
+/// alpha = 1, beta = 0 is plain cross-entropy, alpha = 0, beta = 0 is DCL / InfoLOOB. With
+/// `hn_weights_in_graph` the gradient flows through w, else w is treated as a constant
+/// (detached). Everything is evaluated in log-sum-exp form (stable for |z| up to ~1e3).
+/// in: x (R, C) [, y (R, C) if targets == dense]; any strides (a transposed view gives the
+///     column direction).
+/// out: row_loss (R) = l_r;  and, when `gradient`:
+///      dx (R, C) = grad_scale * scale * dl/dz  (added to dx when `accumulate`),
+///      row_stats (R, 2) = { sum_j g_rj x_rj, sum_j g_rj } with g = grad_scale * dl/dz,
+///      so dl/dscale = sum_r row_stats[r][0] and dl/dbias = sum_r row_stats[r][1].
+struct logit_loss_desc {
+    logit_loss_kind kind = logit_loss_kind::softmax_cross_entropy;
+    loss_targets targets = loss_targets::diagonal;
+    index_t target_offset = 0;
+    double scale = 1.0;
+    double bias = 0.0;
+    double grad_scale = 1.0;
+    bool gradient = true;
+    bool accumulate = false;
+    double hn_alpha = 1.0;
+    double hn_beta = 0.0;
+    bool hn_weights_in_graph = false;
+    friend bool operator==(const logit_loss_desc&, const logit_loss_desc&) = default;
+};
+
 /// Every op a backend may be asked to execute.
 using op_desc =
     std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc, layer_norm_desc,
                  layer_norm_backward_desc, rms_norm_desc, rms_norm_backward_desc, unary_desc,
                  unary_backward_desc, binary_desc, reduce_desc, concat_desc, split_desc, copy_desc,
                  gather_rows_desc, scatter_add_rows_desc, attention_desc,
-                 attention_backward_desc, fill_random_desc, combine_desc>;
+                 attention_backward_desc, fill_random_desc, combine_desc, l2_normalize_desc,
+                 l2_normalize_backward_desc, logit_loss_desc>;
 
 /// Human-readable op name for errors and benchmark labels ("matmul", "softmax_backward").
 constexpr std::string_view op_name(const op_desc& op) noexcept {
@@ -317,7 +384,10 @@ constexpr std::string_view op_name(const op_desc& op) noexcept {
                                           "attention",
                                           "attention_backward",
                                           "fill_random",
-                                          "combine"};
+                                          "combine",
+                                          "l2_normalize",
+                                          "l2_normalize_backward",
+                                          "logit_loss"};
     static_assert(std::size(names) == std::variant_size_v<op_desc>);
     return names[op.index()];
 }
@@ -377,6 +447,13 @@ constexpr operand_counts operand_count(const op_desc& op) noexcept {
         constexpr operand_counts operator()(const fill_random_desc&) const { return {0, 1}; }
         constexpr operand_counts operator()(const combine_desc&) const {
             return {operand_counts::variadic, 1};
+        }
+        constexpr operand_counts operator()(const l2_normalize_desc&) const { return {1, 2}; }
+        constexpr operand_counts operator()(const l2_normalize_backward_desc&) const {
+            return {3, 1};
+        }
+        constexpr operand_counts operator()(const logit_loss_desc& d) const {
+            return {1 + int(d.targets == loss_targets::dense), d.gradient ? 3 : 1};
         }
     };
     return std::visit(visitor{}, op);

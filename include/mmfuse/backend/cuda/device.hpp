@@ -102,10 +102,12 @@ public:
     memory_space memory() const noexcept override { return memory_space::device; }
     int priority() const noexcept override { return 20; }
 
-    /// f32, bf16 and f16 for every op; `copy` also converts to and from f64. (Layouts the
+    /// f32, bf16 and f16 for every op with a kernel (not yet: `l2_normalize`,
+    /// `l2_normalize_backward`, `logit_loss`); `copy` also converts to and from f64. (Layouts the
     /// op cannot read, e.g. a matmul operand without a unit stride, are refused by
     /// `execute` with a `backend_error` that says so.)
     bool supports(const ops::op_desc& op, dtype type) const noexcept override {
+        if (!kernels::has_kernel(op)) return false;
         if (std::holds_alternative<ops::copy_desc>(op))
             return type == dtype::f32 || type == dtype::f64 || type == dtype::bf16 ||
                    type == dtype::f16;
@@ -158,6 +160,7 @@ inline void cuda_stream::execute(const ops::op_desc& op, std::span<const any_ten
         throw backend_error(device_->name(), std::string(ops::op_name(op)) + ": at most " +
                                                  std::to_string(max_operands) + " operands");
     const dtype type = inputs.empty() ? outputs[0].type() : inputs[0].type();
+    if (!kernels::has_kernel(op)) kernels::no_kernel(ops::op_name(op));
     if (!device_->supports(op, type))
         kernels::unsupported_dtype(ops::op_name(op), type, "f32, bf16 and f16");
     std::array<kernels::view, max_operands> in{}, out{};

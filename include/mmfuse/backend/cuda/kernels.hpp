@@ -17,11 +17,13 @@
 
 #include <algorithm>
 #include <array>
+#include <concepts>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
 #include <string>
 #include <string_view>
+#include <variant>
 
 #include <cuda_runtime_api.h>
 
@@ -193,6 +195,33 @@ void launch(const ops::rms_norm_backward_desc&, inputs, outputs, const launch_co
 // ---- src/attention.cu -----------------------------------------------------------------
 void launch(const ops::attention_desc&, inputs, outputs, const launch_context&);
 void launch(const ops::attention_backward_desc&, inputs, outputs, const launch_context&);
+
+// ---- no CUDA kernel yet ------------------------------------------------------------------
+/// Throws the `backend_error` for an op of the vocabulary the CUDA backend has no kernel for
+/// (the contrastive head's `l2_normalize`, `l2_normalize_backward` and `logit_loss`):
+/// `cuda_device::supports` answers false for them and `execute` refuses them with this error
+/// before any operand is read, so a caller falls back explicitly (e.g. to the Eigen backend).
+[[noreturn]] inline void no_kernel(std::string_view op) {
+    throw backend_error("cuda", std::string(op) +
+                                    ": no CUDA kernel yet; run it on a host backend (supports() "
+                                    "answers false)");
+}
+
+/// The dispatch entry of those ops (so that `execute`'s visit covers the whole vocabulary).
+template <class Desc>
+    requires(std::same_as<Desc, ops::l2_normalize_desc> ||
+             std::same_as<Desc, ops::l2_normalize_backward_desc> ||
+             std::same_as<Desc, ops::logit_loss_desc>)
+[[noreturn]] void launch(const Desc& d, inputs, outputs, const launch_context&) {
+    no_kernel(ops::op_name(ops::op_desc(d)));
+}
+
+/// True for the ops `launch` refuses above.
+inline bool has_kernel(const ops::op_desc& op) noexcept {
+    return !std::holds_alternative<ops::l2_normalize_desc>(op) &&
+           !std::holds_alternative<ops::l2_normalize_backward_desc>(op) &&
+           !std::holds_alternative<ops::logit_loss_desc>(op);
+}
 
 }  // namespace kernels
 }  // namespace mmfuse::inline v0::backend::cuda

@@ -15,6 +15,7 @@
 #include "mmfuse/backend/eigen/attention.hpp"
 #include "mmfuse/backend/eigen/gather.hpp"
 #include "mmfuse/backend/eigen/layout.hpp"
+#include "mmfuse/backend/eigen/loss.hpp"
 #include "mmfuse/backend/eigen/matmul.hpp"
 #include "mmfuse/backend/eigen/norm.hpp"
 #include "mmfuse/backend/eigen/pointwise.hpp"

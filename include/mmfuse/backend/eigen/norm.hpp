@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// Eigen reference kernels: layer normalisation and RMS normalisation over the last axis,
-/// forward and backward.
+/// Eigen reference kernels: layer normalisation, RMS normalisation and L2 normalisation over
+/// the last axis, forward and backward.
 ///
 /// One kernel serves both: RMS norm is layer norm without centring (mean fixed at 0, no
 /// beta). Semantics are PyTorch's `nn.LayerNorm` (biased variance, eps inside the square
@@ -148,6 +148,57 @@ tensor_ref<T> optional_operand(std::span<const any_tensor_ref> ops, bool present
     return present ? ops[i].as<T>() : tensor_ref<T>{};
 }
 
+/// y = x / max(||x||, eps) for every row of x (..., N); norm (R) receives ||x|| (the sum of
+/// squares accumulated in double). y may be the memory of x.
+template <class T>
+void l2_normalize_forward(const tensor_ref<const T>& x, const tensor_ref<T>& y,
+                          const tensor_ref<T>& norm, double eps) {
+    const index_t n = x.extent(-1);
+    const index_t sx = x.stride(-1), sy = y.stride(-1);
+    for_each_row<2>(x.extents(), {x.strides(), y.strides()},
+                    [&](index_t row, const std::array<index_t, 2>& off) {
+                        const T* xr = x.data() + off[0];
+                        T* yr = y.data() + off[1];
+                        double ss = 0.0;
+                        for (index_t j = 0; j < n; ++j)
+                            ss += double(xr[j * sx]) * double(xr[j * sx]);
+                        const double nrm = std::sqrt(ss);
+                        const double inv = 1.0 / std::max(nrm, eps);
+                        for (index_t j = 0; j < n; ++j)
+                            yr[j * sy] = T(double(xr[j * sx]) * inv);
+                        norm.data()[row * norm.stride(0)] = T(nrm);
+                    });
+}
+
+/// dx = (dy - (dy . y) y) / norm per row where norm > eps, else dy / eps (PyTorch's
+/// gradient of x / clamp_min(||x||, eps): the clamp passes no gradient to the norm).
+/// dx may be the memory of dy.
+template <class T>
+void l2_normalize_backward(const tensor_ref<const T>& y, const tensor_ref<const T>& dy,
+                           const tensor_ref<const T>& norm, const tensor_ref<T>& dx, double eps) {
+    const index_t n = y.extent(-1);
+    const index_t sy = y.stride(-1), sdy = dy.stride(-1), sdx = dx.stride(-1);
+    for_each_row<3>(y.extents(), {y.strides(), dy.strides(), dx.strides()},
+                    [&](index_t row, const std::array<index_t, 3>& off) {
+                        const T* yr = y.data() + off[0];
+                        const T* dyr = dy.data() + off[1];
+                        T* dxr = dx.data() + off[2];
+                        const double nrm = double(norm.data()[row * norm.stride(0)]);
+                        if (!(nrm > eps)) {
+                            for (index_t j = 0; j < n; ++j)
+                                dxr[j * sdx] = T(double(dyr[j * sdy]) / eps);
+                            return;
+                        }
+                        double dot = 0.0;
+                        for (index_t j = 0; j < n; ++j)
+                            dot += double(dyr[j * sdy]) * double(yr[j * sy]);
+                        const double inv = 1.0 / nrm;
+                        for (index_t j = 0; j < n; ++j)
+                            dxr[j * sdx] =
+                                T((double(dyr[j * sdy]) - dot * double(yr[j * sy])) * inv);
+                    });
+}
+
 }  // namespace detail
 
 /// layer_norm: in x [, gamma [, beta]]; out y, mean, rstd. See `ops::layer_norm_desc`.
@@ -195,6 +246,24 @@ inline void run(const ops::rms_norm_backward_desc& d, std::span<const any_tensor
             in[0].as<const T>(), in[1].as<const T>(), tensor_ref<const T>{}, in[2].as<const T>(),
             detail::optional_operand<const T>(in, d.affine, 3), out[0].as<T>(),
             detail::optional_operand<T>(out, d.affine, 1), tensor_ref<T>{}, false, d.accumulate);
+    });
+}
+
+/// l2_normalize: in x; out y, norm. See `ops::l2_normalize_desc`.
+inline void run(const ops::l2_normalize_desc& d, std::span<const any_tensor_ref> in,
+                std::span<const any_tensor_ref> out) {
+    dispatch_compute(in[0].type(), "l2_normalize", [&]<class T>() {
+        detail::l2_normalize_forward<T>(in[0].as<const T>(), out[0].as<T>(), out[1].as<T>(),
+                                        d.eps);
+    });
+}
+
+/// l2_normalize_backward: in y, dy, norm; out dx. See `ops::l2_normalize_backward_desc`.
+inline void run(const ops::l2_normalize_backward_desc& d, std::span<const any_tensor_ref> in,
+                std::span<const any_tensor_ref> out) {
+    dispatch_compute(in[0].type(), "l2_normalize_backward", [&]<class T>() {
+        detail::l2_normalize_backward<T>(in[0].as<const T>(), in[1].as<const T>(),
+                                         in[2].as<const T>(), out[0].as<T>(), d.eps);
     });
 }
 

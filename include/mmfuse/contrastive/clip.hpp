@@ -1,0 +1,137 @@
+#pragma once
+/// \file
+/// The two standard contrastive heads: `clip_loss` (symmetric InfoNCE, Radford et al. 2021;
+/// open_clip `ClipLoss`) and `siglip_loss` (pairwise sigmoid loss, Zhai et al. 2023;
+/// open_clip `SigLipLoss`). Both take L2-normalised embeddings (normalise with
+/// `nn::l2_normalize` or a `projection_head`), own their temperature (and bias), and follow
+/// the module protocol: `forward` returns the loss and keeps what `backward` needs;
+/// `backward` returns the embedding gradients and adds the temperature/bias gradients into
+/// their parameters. Equations: ../shared/reference/contrastive.md sections 1.2 and 1.4.
+
+#include <string>
+
+#include "mmfuse/contrastive/logit_scale.hpp"
+#include "mmfuse/contrastive/pairwise.hpp"
+#include "mmfuse/nn/module.hpp"
+#include "mmfuse/ops/loss.hpp"
+
+namespace mmfuse::inline v0::contrastive {
+
+/// CLIP's symmetric InfoNCE over a batch of B matched pairs:
+///   L = s I T^T (+ b),  l = ( CE(L, arange B) + CE(L^T, arange B) ) / 2,  s = e^theta.
+///   forward:  image (B, D), text (B, D), unit rows -> l (a scalar)
+///   backward: -> {d image (B, D), d text (B, D)}; adds dl/dtheta into "logit_scale".grad
+/// Parameter: "logit_scale" = theta, init ln(1/0.07), clamped to [0, ln 100] by `clamp()`
+/// after each optimiser step (open_clip). A constant bias has no effect on this loss (its
+/// gradient is exactly 0), so the head has none.
+template <compute_type T = float>
+class clip_loss {
+public:
+    using value_type = T;
+
+    explicit clip_loss(logit_scale_options scale = {}) : scale_(scale) {}
+
+    template <class V>
+    void visit(V& v) {
+        v.path(path_);
+        scale_.visit(v);
+    }
+    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
+
+    /// Loss of the batch. image, text (B, D) with unit rows (B >= 1).
+    double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
+        expect_embedding_pair(path_, "clip_loss embeddings", image, text);
+        if (image.extent(0) != text.extent(0))
+            throw shape_error(path_, "clip_loss text", "shape " + image.extents().to_string(),
+                              "shape " + text.extents().to_string());
+        logits_.similarities(cx, path_, image, text);
+        ops::logit_loss_desc d;
+        d.kind = ops::logit_loss_kind::softmax_cross_entropy;
+        d.scale = scale_.scale();
+        d.grad_scale = 0.5 / double(image.extent(0));
+        return logits_.pass(cx, path_, d, direction::rows, {}, cx.training) +
+               logits_.pass(cx, path_, d, direction::columns, {}, cx.training);
+    }
+
+    /// Gradients of the last training-mode forward.
+    pair_gradients<T> backward(nn::step_context<T>& cx) {
+        pair_gradients<T> g = logits_.backward(cx, path_);
+        scale_.add_gradient(g.d_scale);
+        return g;
+    }
+
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
+    void clamp() { scale_.clamp(); }
+    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// S = I T^T of the last forward (B, B), e.g. for retrieval metrics.
+    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
+
+private:
+    contrastive::logit_scale<T> scale_;
+    pairwise_logits<T> logits_;
+    std::string path_;
+};
+
+/// SigLIP's pairwise sigmoid loss over a batch of B matched pairs:
+///   L = s I T^T + b,  z = 2E - 1,  l = (1/B) sum_ij softplus(-z_ij L_ij)
+/// (a sum over all B^2 pairs divided by B, as open_clip and big_vision).
+///   forward:  image (B, D), text (B, D), unit rows -> l
+///   backward: -> {d image, d text}; adds into "logit_scale".grad and "logit_bias".grad
+/// Parameters: "logit_scale" = theta (init ln 10), "logit_bias" = b (init -10; for small
+/// batches -ln(B - 1) is the principled start, contrastive.md 1.4).
+template <compute_type T = float>
+class siglip_loss {
+public:
+    using value_type = T;
+
+    explicit siglip_loss(logit_scale_options scale = {.init = siglip_init_log_scale},
+                         double init_bias = siglip_init_bias)
+        : scale_(scale), bias_(init_bias) {}
+
+    template <class V>
+    void visit(V& v) {
+        v.path(path_);
+        scale_.visit(v);
+        bias_.visit(v);
+    }
+    void reset_parameters(philox_generator& g) {
+        scale_.reset_parameters(g);
+        bias_.reset_parameters(g);
+    }
+
+    /// Loss of the batch. image, text (B, D) with unit rows.
+    double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
+        expect_embedding_pair(path_, "siglip_loss embeddings", image, text);
+        if (image.extent(0) != text.extent(0))
+            throw shape_error(path_, "siglip_loss text", "shape " + image.extents().to_string(),
+                              "shape " + text.extents().to_string());
+        logits_.similarities(cx, path_, image, text);
+        ops::logit_loss_desc d;
+        d.kind = ops::logit_loss_kind::sigmoid_binary;
+        d.scale = scale_.scale();
+        d.bias = bias_.value();
+        d.grad_scale = 1.0 / double(image.extent(0));
+        return logits_.pass(cx, path_, d, direction::rows, {}, cx.training);
+    }
+
+    /// Gradients of the last training-mode forward.
+    pair_gradients<T> backward(nn::step_context<T>& cx) {
+        pair_gradients<T> g = logits_.backward(cx, path_);
+        scale_.add_gradient(g.d_scale);
+        bias_.add_gradient(g.d_bias);
+        return g;
+    }
+
+    void clamp() { scale_.clamp(); }
+    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    contrastive::logit_bias<T>& logit_bias() noexcept { return bias_; }
+    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
+
+private:
+    contrastive::logit_scale<T> scale_;
+    contrastive::logit_bias<T> bias_;
+    pairwise_logits<T> logits_;
+    std::string path_;
+};
+
+}  // namespace mmfuse::inline v0::contrastive
