@@ -44,6 +44,9 @@ public:
         if (image.extent(0) != text.extent(0))
             throw shape_error(path_, "clip_loss text", "shape " + image.extents().to_string(),
                               "shape " + text.extents().to_string());
+        if (image.extent(0) == 0)
+            throw shape_error(path_, "clip_loss embeddings", "a batch of at least one pair",
+                              "shape " + image.extents().to_string());
         logits_.similarities(cx, path_, image, text);
         ops::logit_loss_desc d;
         d.kind = ops::logit_loss_kind::softmax_cross_entropy;
@@ -101,17 +104,34 @@ public:
 
     /// Loss of the batch. image, text (B, D) with unit rows.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
+        return forward(cx, image, text, {});
+    }
+
+    /// Multi-positive SigLIP (contrastive.md section 4): the labels are a positives mask,
+    /// z = 2 Pi - 1, l = (1/B) sum_ij softplus(-z_ij L_ij), G = (sigmoid(L) - Pi) / B.
+    /// positives (B, B) with entries 0 or 1 (Pi_ij: image i and text j match), any strides;
+    /// `{}` (no memory) means the identity, i.e. the plain form above.
+    double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text,
+                   tensor_ref<const T> positives) {
         expect_embedding_pair(path_, "siglip_loss embeddings", image, text);
         if (image.extent(0) != text.extent(0))
             throw shape_error(path_, "siglip_loss text", "shape " + image.extents().to_string(),
                               "shape " + text.extents().to_string());
+        if (image.extent(0) == 0)
+            throw shape_error(path_, "siglip_loss embeddings", "a batch of at least one pair",
+                              "shape " + image.extents().to_string());
+        const bool dense = positives.data() != nullptr;
+        if (dense)
+            check_extents(positives, extents{image.extent(0), image.extent(0)}, path_,
+                          "siglip_loss positives");
         logits_.similarities(cx, path_, image, text);
         ops::logit_loss_desc d;
         d.kind = ops::logit_loss_kind::sigmoid_binary;
+        d.targets = dense ? ops::loss_targets::dense : ops::loss_targets::diagonal;
         d.scale = scale_.scale();
         d.bias = bias_.value();
         d.grad_scale = 1.0 / double(image.extent(0));
-        return logits_.pass(cx, path_, d, direction::rows, {}, cx.training);
+        return logits_.pass(cx, path_, d, direction::rows, positives, cx.training);
     }
 
     /// Gradients of the last training-mode forward.
