@@ -15,6 +15,7 @@ packages=(
     libbenchmark-dev                        # Google Benchmark: benchmarks
     libstb-dev nlohmann-json3-dev           # PNG output, safetensors headers
     libsndfile1-dev                         # audio for the examples
+    zlib1g-dev                              # the examples read the gzipped digits
 )
 
 if [[ "${MMFUSE_SKIP_APT:-0}" == "1" ]]; then
