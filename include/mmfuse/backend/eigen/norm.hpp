@@ -18,7 +18,10 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <initializer_list>
 #include <span>
+#include <string>
+#include <string_view>
 
 #include "mmfuse/backend/eigen/common.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
@@ -249,9 +252,34 @@ inline void run(const ops::rms_norm_backward_desc& d, std::span<const any_tensor
     });
 }
 
+namespace detail {
+/// Refuses (`backend_error`) the operand shapes a direct `stream::execute` of an L2
+/// normalisation op could get wrong: `same` must all have the extents of `x` (rank >= 1) and
+/// `norm` must be (rows).
+inline void check_l2_operands(std::string_view op, const any_tensor_ref& x,
+                              std::initializer_list<const any_tensor_ref*> same,
+                              const any_tensor_ref& norm) {
+    const extents& e = x.extents();
+    std::string why;
+    if (e.rank() < 1 || e[-1] < 1)
+        why = "x must have rank >= 1 and a non-empty last axis, got shape " + e.to_string();
+    for (const any_tensor_ref* t : same)
+        if (why.empty() && t->extents() != e) why = "operands must all have the shape of x";
+    if (why.empty() && norm.extents() != extents{e.numel() / e[-1]})
+        why = "norm must have shape (rows)";
+    if (!why.empty()) {
+        std::string msg(op);
+        msg += ": ";
+        msg += why;
+        throw backend_error("eigen", msg);
+    }
+}
+}  // namespace detail
+
 /// l2_normalize: in x; out y, norm. See `ops::l2_normalize_desc`.
 inline void run(const ops::l2_normalize_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
+    detail::check_l2_operands("l2_normalize", in[0], {&out[0]}, out[1]);
     dispatch_compute(in[0].type(), "l2_normalize", [&]<class T>() {
         detail::l2_normalize_forward<T>(in[0].as<const T>(), out[0].as<T>(), out[1].as<T>(),
                                         d.eps);
@@ -261,6 +289,7 @@ inline void run(const ops::l2_normalize_desc& d, std::span<const any_tensor_ref>
 /// l2_normalize_backward: in y, dy, norm; out dx. See `ops::l2_normalize_backward_desc`.
 inline void run(const ops::l2_normalize_backward_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
+    detail::check_l2_operands("l2_normalize_backward", in[0], {&in[1], &out[0]}, in[2]);
     dispatch_compute(in[0].type(), "l2_normalize_backward", [&]<class T>() {
         detail::l2_normalize_backward<T>(in[0].as<const T>(), in[1].as<const T>(),
                                          in[2].as<const T>(), out[0].as<T>(), d.eps);
