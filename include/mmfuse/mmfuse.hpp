@@ -1,11 +1,19 @@
 #pragma once
 /// \file
 /// Umbrella header for users and examples: the whole header-only core, the op front-ends,
-/// the backend registry with the Eigen reference backend, Eigen/xtensor interop and .npy
-/// I/O. mmfuse's own headers never include it (each includes exactly what it uses), and the
-/// test build does not use it, so that a missing include cannot hide behind it.
+/// the backend registry with the Eigen reference backend, the contrastive heads (not their
+/// threaded distributed emulation), Eigen/xtensor interop and .npy I/O. mmfuse's own
+/// headers never include it (each includes exactly what it uses), and the test build does
+/// not use it, so that a missing include cannot hide behind it.
 
 #include "mmfuse/backend/registry.hpp"
+#include "mmfuse/contrastive/binding.hpp"
+#include "mmfuse/contrastive/clip.hpp"
+#include "mmfuse/contrastive/evaluation.hpp"
+#include "mmfuse/contrastive/logit_scale.hpp"
+#include "mmfuse/contrastive/objectives.hpp"
+#include "mmfuse/contrastive/pairwise.hpp"
+#include "mmfuse/contrastive/projection.hpp"
 #include "mmfuse/core/arena.hpp"
 #include "mmfuse/core/dim.hpp"
 #include "mmfuse/core/dtype.hpp"
@@ -22,6 +30,7 @@
 #include "mmfuse/ops/attention.hpp"
 #include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/gather.hpp"
+#include "mmfuse/ops/loss.hpp"
 #include "mmfuse/ops/layout.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
