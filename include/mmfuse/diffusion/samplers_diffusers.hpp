@@ -18,10 +18,13 @@
 /// caller's allocator), never per step. Clipping and dynamic thresholding of x0 are host
 /// loops (schedule.hpp), so those options need host memory.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mmfuse/core/error.hpp"
@@ -71,6 +74,42 @@ inline void check_call(std::string_view module, int i, std::size_t calls) {
     if (i < 0 || std::size_t(i) >= calls)
         throw value_error(module, "model call " + std::to_string(i) + " is outside [0, " +
                                       std::to_string(calls) + ")");
+}
+
+/// A diffusers sigma value as the library stores it: rounded to float with `float32_tables`
+/// (diffusers keeps its sigma arrays in float32), unchanged otherwise.
+inline double stored_sigma(const noise_schedule& s, double sigma) {
+    return s.config().float32_tables ? double(float(sigma)) : sigma;
+}
+
+/// The sigma grid of diffusers' VE ("discrete") schedulers, Euler / Euler-ancestral / Heun /
+/// LMS (reference section 3): N-grid timesteps with fractional linspace values, sigma_i the
+/// table interpolated there; with `karras` the Karras sigmas between the ends of that grid
+/// (not of the table) and t_i = sigma_to_t(sigma_i) (fractional). `sigmas` ends with the
+/// appended 0 (N + 1 values); init_noise_sigma = max sigma, or sqrt(max^2 + 1) for `leading`.
+struct ve_sigma_grid {
+    std::vector<double> timesteps;
+    std::vector<double> sigmas;
+    double init_noise_sigma = 1.0;
+};
+inline ve_sigma_grid make_ve_sigma_grid(const noise_schedule& s, int n, timestep_spacing spacing,
+                                        int steps_offset, bool karras) {
+    ve_sigma_grid g;
+    g.timesteps = diffusion::timesteps(s, n, spacing, steps_offset, false, false);
+    g.sigmas.assign(g.timesteps.size(), 0.0);
+    for (std::size_t i = 0; i < g.timesteps.size(); ++i)
+        g.sigmas[i] = s.sigma_at(g.timesteps[i]);
+    if (karras) {
+        g.sigmas = karras_sigmas(g.sigmas.back(), g.sigmas.front(), n);
+        for (std::size_t i = 0; i < g.sigmas.size(); ++i) {
+            g.timesteps[i] = s.sigma_to_t(g.sigmas[i]);
+            g.sigmas[i] = stored_sigma(s, g.sigmas[i]);
+        }
+    }
+    const double top = *std::max_element(g.sigmas.begin(), g.sigmas.end());
+    g.init_noise_sigma = spacing == timestep_spacing::leading ? std::sqrt(top * top + 1.0) : top;
+    g.sigmas.push_back(0.0);
+    return g;
 }
 
 /// Applies `p` to x0 in place (host memory; `scratch` as `dynamic_threshold` needs).
@@ -266,19 +305,11 @@ public:
     }
 
     void set_timesteps(int n) {
-        timesteps_ = diffusion::timesteps(*schedule_, n, o_.spacing, o_.steps_offset, false,
-                                          false);
-        sigmas_.assign(timesteps_.size(), 0.0);
-        for (std::size_t i = 0; i < timesteps_.size(); ++i)
-            sigmas_[i] = schedule_->sigma_at(timesteps_[i]);
-        if (o_.use_karras_sigmas) {
-            sigmas_ = karras_sigmas(sigmas_.back(), sigmas_.front(), n);
-            for (std::size_t i = 0; i < sigmas_.size(); ++i)
-                timesteps_[i] = schedule_->sigma_to_t(sigmas_[i]);
-        }
-        const double top = *std::max_element(sigmas_.begin(), sigmas_.end());
-        init_sigma_ = o_.spacing == timestep_spacing::leading ? std::sqrt(top * top + 1.0) : top;
-        sigmas_.push_back(0.0);
+        detail::ve_sigma_grid g = detail::make_ve_sigma_grid(*schedule_, n, o_.spacing,
+                                                             o_.steps_offset, o_.use_karras_sigmas);
+        timesteps_ = std::move(g.timesteps);
+        sigmas_ = std::move(g.sigmas);
+        init_sigma_ = g.init_noise_sigma;
     }
     std::span<const double> timesteps() const noexcept { return timesteps_; }
     /// sigma_0 .. sigma_{N-1}, 0.
