@@ -284,7 +284,8 @@ private:
 ///   trailing  as the N-grid
 /// `steps_offset` applies to `leading` only (as in diffusers). PNDM's repeated timestep and
 /// Heun's interleaving are the samplers' business. Throws `value_error` unless
-/// 1 <= steps <= T and steps_offset >= 0.
+/// 1 <= steps <= T and steps_offset >= 0, and when a leading grid plus `steps_offset` would
+/// reach past timestep T - 1 (diffusers would index out of its tables there).
 inline std::vector<double> timesteps(const noise_schedule& s, int steps, timestep_spacing spacing,
                                      int steps_offset = 0, bool n_plus_one_grid = false,
                                      bool round_linspace = true) {
@@ -310,6 +311,13 @@ inline std::vector<double> timesteps(const noise_schedule& s, int steps, timeste
         break;
     case timestep_spacing::leading: {
         const int ratio = T / grid;
+        const long long top = static_cast<long long>(grid - 1) * ratio + steps_offset;
+        if (top > T - 1)  // would index alphas_cumprod past its end
+            throw value_error(detail::schedule_module,
+                              "timesteps: leading spacing with steps_offset " +
+                                  std::to_string(steps_offset) + " puts the first timestep at " +
+                                  std::to_string(top) + ", beyond the last training timestep " +
+                                  std::to_string(T - 1));
         for (int k = grid - 1; k >= grid - steps; --k)
             out.push_back(double(k * ratio + steps_offset));
         break;
