@@ -206,8 +206,10 @@ TEST_CASE("Classifier-free guidance replays the golden DPM-Solver++ and UniPC pi
 namespace {
 
 /// A float and a double chain of `make()` on the closed-form eps model (linear table, 30
-/// steps); returns the worst |x_float - x_double| and the double chain's worst distance to the
-/// analytic probability-flow ODE endpoint mu + s z.
+/// steps, fresh data and latent); returns the worst |x_float - x_double| and the double
+/// chain's worst distance to the analytic probability-flow ODE endpoint mu + s z (reference
+/// section 10). The bounds below are ~2.5x the values seen over several seeds (the last jump
+/// to sigma = 0, which returns a posterior mean, dominates them).
 struct float_vs_double {
     double float_gap = 0.0;
     double ode_error = 0.0;
@@ -273,14 +275,16 @@ TEST_CASE("Multistep samplers run in float and approach the analytic ODE endpoin
         const auto r = run_float_and_double([](auto& s, const noise_schedule& n, auto tag) {
             return lms_sampler<decltype(tag)>(s, n);
         });
-        CHECK(r.float_gap < 1e-4);
-        CHECK(r.ode_error < 1e-2);
+        WARN("float gap " << r.float_gap << ", ODE endpoint error " << r.ode_error);
+        CHECK(r.float_gap < 5e-6);
+        CHECK(r.ode_error < 1e-3);
     }
     SECTION("heun") {
         const auto r = run_float_and_double([](auto& s, const noise_schedule& n, auto tag) {
             return heun_sampler<decltype(tag)>(s, n);
         });
-        CHECK(r.float_gap < 1e-4);
+        WARN("float gap " << r.float_gap << ", ODE endpoint error " << r.ode_error);
+        CHECK(r.float_gap < 5e-6);
         CHECK(r.ode_error < 2e-2);
     }
     SECTION("dpm-solver++ 3m heun") {
@@ -288,7 +292,8 @@ TEST_CASE("Multistep samplers run in float and approach the analytic ODE endpoin
             return dpm_solver_sampler<decltype(tag)>(
                 s, n, {.solver_order = 3, .solver_type = dpm_solver_type::heun});
         });
-        CHECK(r.float_gap < 1e-4);
+        WARN("float gap " << r.float_gap << ", ODE endpoint error " << r.ode_error);
+        CHECK(r.float_gap < 5e-6);
         CHECK(r.ode_error < 5e-2);
     }
     SECTION("unipc bh1 order 3, corrector off at step 2") {
@@ -298,14 +303,16 @@ TEST_CASE("Multistep samplers run in float and approach the analytic ODE endpoin
                                                  .solver_type = unipc_solver_type::bh1,
                                                  .disable_corrector = {2}});
         });
-        CHECK(r.float_gap < 1e-4);
-        CHECK(r.ode_error < 5e-2);
+        WARN("float gap " << r.float_gap << ", ODE endpoint error " << r.ode_error);
+        CHECK(r.float_gap < 5e-6);
+        CHECK(r.ode_error < 1e-2);
     }
     SECTION("pndm") {
         const auto r = run_float_and_double([](auto& s, const noise_schedule& n, auto tag) {
             return pndm_sampler<decltype(tag)>(s, n, {.set_alpha_to_one = true});
         });
-        CHECK(r.float_gap < 1e-4);
+        WARN("float gap " << r.float_gap << ", ODE endpoint error " << r.ode_error);
+        CHECK(r.float_gap < 5e-6);
         CHECK(r.ode_error < 1e-2);
     }
 }

@@ -128,7 +128,6 @@ public:
         const std::size_t one =
             (std::size_t(e.numel()) * sizeof(T) + host_alignment - 1) / host_alignment *
             host_alignment;
-        own_.reset();
         own_.emplace(one * std::size_t(count) + host_alignment);
         take(*own_, e, count);
     }

@@ -358,8 +358,9 @@ enum class dpm_solver_type { midpoint, heun };
 enum class unipc_solver_type { bh1, bh2 };
 
 /// Options of `dpm_solver_sampler` (diffusers DPMSolverMultistepScheduler with
-/// algorithm_type "dpmsolver++"; defaults are diffusers'). diffusers offers thresholding of
-/// the x0 estimate but not clipping.
+/// algorithm_type "dpmsolver++"; defaults are diffusers'). `x0` processes the x0 estimate:
+/// thresholding as diffusers' `thresholding` options; clipping has no diffusers counterpart
+/// here (off by default).
 struct dpm_solver_options {
     timestep_spacing spacing = timestep_spacing::linspace;
     int steps_offset = 0;
@@ -375,7 +376,7 @@ struct dpm_solver_options {
 
 /// Options of `unipc_sampler` (diffusers UniPCMultistepScheduler with predict_x0 = True and
 /// no solver_p; defaults are diffusers'). `disable_corrector` lists steps k whose result is
-/// not corrected (the corrector of step k + 1 is skipped).
+/// not corrected (the corrector of step k + 1 is skipped). `x0` as `dpm_solver_options`.
 struct unipc_options {
     timestep_spacing spacing = timestep_spacing::linspace;
     int steps_offset = 0;
