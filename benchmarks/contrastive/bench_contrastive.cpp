@@ -11,10 +11,11 @@
 //   BM_logit_loss/eigen/sigmoid/B<B>  the B x B part of SigLIP alone: one pass
 //   BM_l2_normalize/eigen/B<B>_D<D>   `nn::l2_normalize` forward + backward of one (B, D) batch
 //
-// Every name ends in /threads:N, the number of threads Eigen's GEMMs may use
-// (Eigen::setNbThreads; the binary is built with OpenMP so that it takes effect). The thread
-// counts are 1 and 2 unless MMFUSE_BENCH_THREADS lists others ("1,2,4"). The mmfuse ops other
-// than the GEMMs are single-threaded. Counters:
+// Every name ends in /threads:N, the number of threads Eigen may use (Eigen::setNbThreads;
+// the binary is built with OpenMP so that it takes effect): the GEMMs, and the Eigen
+// `logit_loss` kernel, which splits large problems by rows over Eigen::nbThreads(). The
+// thread counts are 1 and 2 unless MMFUSE_BENCH_THREADS lists others ("1,2,4"). The other
+// mmfuse ops (l2_normalize, add, copy) are single-threaded. Counters:
 //   FLOP/s   6 B^2 D per iteration (the three B x B x D GEMMs) as a rate, on the benchmarks
 //            that contain the GEMMs
 //   bytes_per_second  the bytes of every operand each op of the iteration reads and writes

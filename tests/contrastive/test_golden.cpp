@@ -12,7 +12,8 @@
 // the step: backward adds).
 // Error measure per tensor: max_i |got_i - ref_i| / max_i |ref_i| (normwise relative; for an
 // all-zero reference, e.g. B = 1 CLIP whose loss and gradients are exactly 0, the absolute
-// max |got_i|). Bounds (the issue's): 1e-6 for double, 5e-6 for float.
+// max |got_i|). Bounds: the 1e-6 for double and 5e-6 for float, and for double also
+// 1e-12 (the worst measured error is 2.4e-15).
 // Retrieval ranks and metrics and zero-shot top-1/top-5 counts must be exact; the zero-shot
 // classifier and logits are compared with the same bounds.
 // Set MMFUSE_GOLDEN_VERBOSE=1 to print the worst error of every case.
@@ -43,9 +44,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
+/// The ceilings: 5e-6 for float, 1e-6 for double.
 template <class T>
 constexpr double golden_tolerance() {
     return std::is_same_v<T, float> ? 5e-6 : 1e-6;
+}
+
+/// What the implementation achieves, checked as well so that a float64 regression far below
+/// the ceiling still fails: 1e-12 for double (worst measured 2.4e-15); float keeps
+/// its ceiling (its fixtures are open_clip's own float32 results).
+template <class T>
+constexpr double achieved_tolerance() {
+    return std::is_same_v<T, float> ? 5e-6 : 1e-12;
 }
 
 fs::path golden_root() { return fs::path(MMFUSE_TEST_DATA_DIR) / "golden" / "contrastive"; }
@@ -146,6 +156,7 @@ private:
             worst_what_ = file;
         }
         CHECK(err <= golden_tolerance<T>());
+        CHECK(err <= achieved_tolerance<T>());
     }
 
     std::string label_;

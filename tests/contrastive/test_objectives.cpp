@@ -417,11 +417,11 @@ objective<siglip_loss<T>> siglip_objective() {
             }};
 }
 
-/// Multi-positive SigLIP: in = {image, text, positives (0/1)}.
+/// Multi-positive SigLIP: in = {image, text}, positives mask `pi` (any strides).
 template <class T>
-objective<siglip_loss<T>> siglip_positives_objective() {
-    return {[](siglip_loss<T>& h, nn::step_context<T>& cx, const std::vector<tensor<T>>& in) {
-                return h.forward(cx, in[0].cref(), in[1].cref(), in[2].cref());
+objective<siglip_loss<T>> siglip_positives_objective(tensor_ref<const bool> pi) {
+    return {[pi](siglip_loss<T>& h, nn::step_context<T>& cx, const std::vector<tensor<T>>& in) {
+                return h.forward(cx, in[0].cref(), in[1].cref(), pi);
             },
             [](siglip_loss<T>& h, nn::step_context<T>& cx) {
                 const auto g = h.backward(cx);
@@ -443,8 +443,10 @@ objective<multi_positive_loss<T>> multi_positive_objective(const tensor<bool>& p
 
 template <class T>
 objective<negclip_loss<T>> negclip_objective() {
+    // in = {image, text, hard negatives}, or {image, text}: hard negatives `{}` (N = 0)
     return {[](negclip_loss<T>& h, nn::step_context<T>& cx, const std::vector<tensor<T>>& in) {
-                return h.forward(cx, in[0].cref(), in[1].cref(), in[2].cref());
+                return h.forward(cx, in[0].cref(), in[1].cref(),
+                                 in.size() > 2 ? in[2].cref() : tensor_ref<const T>{});
             },
             [](negclip_loss<T>& h, nn::step_context<T>& cx) {
                 const auto g = h.backward(cx);
@@ -564,24 +566,38 @@ TEST_CASE("siglip_loss with a positives mask matches the reference, the identity
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(20);
     const auto [B, D] = batch_shape(rng);
-    const tensor<bool> mask = class_mask(rng, B, 2);
-    tensor<double> pi(extents{B, B}), eye(extents{B, B});
+    // Random, and not symmetric, so that reading the transposed view differs.
+    tensor<bool> mask(extents{B, B});
     for (index_t k = 0; k < B * B; ++k)
-        pi[k] = mask[k] ? 1.0 : 0.0;
+        mask[k] = rng() % 3 == 0;
+    mask[1] = true;
+    mask[B] = false;
+    tensor<double> pi(extents{B, B}), pi_t(extents{B, B});
+    tensor<bool> eye(extents{B, B});
     for (index_t i = 0; i < B; ++i)
-        eye[i * B + i] = 1.0;
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D), pi.clone());
+        for (index_t j = 0; j < B; ++j) {
+            pi[i * B + j] = mask[i * B + j] ? 1.0 : 0.0;
+            pi_t[j * B + i] = pi[i * B + j];
+            eye[i * B + j] = i == j;
+        }
+    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
     const double theta = uniform(rng, 1.0, 3.0), bias = uniform(rng, -3.0, 1.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta},
                                                           {"heads.logit_bias", bias}};
-    const double l = loss_at(siglip_loss<double>{}, set, in, siglip_positives_objective<double>());
+    const double l =
+        loss_at(siglip_loss<double>{}, set, in, siglip_positives_objective<double>(mask.cref()));
     CHECK(std::abs(l - siglip_reference(in[0], in[1], std::exp(theta), bias, &pi)) <= 1e-12);
-    const auto r = gradcheck(siglip_loss<double>{}, set, in, siglip_positives_objective<double>());
+    // A strided mask (the transposed view) is read through its strides.
+    const double lt = loss_at(siglip_loss<double>{}, set, in,
+                              siglip_positives_objective<double>(mask.cref().transpose(0, 1)));
+    CHECK(std::abs(lt - siglip_reference(in[0], in[1], std::exp(theta), bias, &pi_t)) <= 1e-12);
+    const auto r = gradcheck(siglip_loss<double>{}, set, in,
+                             siglip_positives_objective<double>(mask.cref()));
     CHECK(r.inputs <= fd_tol);
     CHECK(r.parameters <= fd_tol);
     std::vector<double> pa, pb;
-    in[2] = eye.clone();
-    const auto a = step(siglip_loss<double>{}, set, in, siglip_positives_objective<double>(), &pa);
+    const auto a =
+        step(siglip_loss<double>{}, set, in, siglip_positives_objective<double>(eye.cref()), &pa);
     const auto b = step(siglip_loss<double>{}, set, list(in[0].clone(), in[1].clone()),
                         siglip_objective<double>(), &pb);
     CHECK(std::abs(a.first - b.first) <= 1e-13);
@@ -722,6 +738,30 @@ TEST_CASE("negclip_loss without hard negatives is clip_loss", "[contrastive][obj
     for (size_t t = 0; t < 2; ++t)
         CHECK(max_abs_diff(a.second[t], b.second[t]) <= 1e-13);
     CHECK(std::abs(pa.at(0) - pb.at(0)) <= 1e-13);
+    // An empty view `{}` is N = 0 as well.
+    std::vector<double> pc;
+    const auto c = step(negclip_loss<double>{}, set, list(in[0].clone(), in[1].clone()),
+                        negclip_objective<double>(), &pc);
+    REQUIRE(c.second.size() == 2);
+    CHECK(std::abs(c.first - b.first) <= 1e-13);
+    for (size_t t = 0; t < 2; ++t)
+        CHECK(max_abs_diff(c.second[t], b.second[t]) <= 1e-13);
+    CHECK(std::abs(pc.at(0) - pb.at(0)) <= 1e-13);
+}
+
+TEST_CASE("a fixed scale is exactly the given s and has no parameter",
+          "[contrastive][objectives]") {
+    auto rng = mmfuse_test::make_rng(23);
+    for (const double s : {5.0, 10.0, 20.0, 100.0, uniform(rng, 1.0, 200.0)}) {
+        CAPTURE(s);
+        const contrastive::logit_scale<float> fixed(bound_modality::fixed("audio", s).scale);
+        CHECK(fixed.scale() == s);
+        CHECK(fixed.log_scale() == std::log(s));
+    }
+    binding_loss<double> head({bound_modality::fixed("audio", 20.0)});
+    nn::model<under<binding_loss<double>>> m(under<binding_loss<double>>{std::move(head)}, 1);
+    CHECK(m.find("heads.audio.logit_scale") == nullptr);
+    CHECK(m.net().head.logit_scale(0).scale() == 20.0);
 }
 
 // ======================================================================= HN-NCE and DCL
@@ -839,7 +879,7 @@ TEST_CASE("distill_clip_loss matches open_clip's equations and central differenc
     const distill_losses ref = distill_reference(in[0], in[1], in[2], in[3], std::exp(theta), st);
     CHECK(std::abs(got.contrastive - ref.contrastive) <= 1e-12);
     CHECK(std::abs(got.distill - ref.distill) <= 1e-12);
-    CHECK(got.total() == got.contrastive + got.distill);
+    CHECK(std::abs(got.total() - (ref.contrastive + ref.distill)) <= 2e-12);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta}};
     const auto r = gradcheck(distill_clip_loss<double>{}, set, in, distill_objective<double>(st));
     CHECK(r.inputs <= fd_tol);
@@ -1115,7 +1155,7 @@ TEST_CASE("shape errors of the objectives name the module", "[contrastive][objec
     SECTION("siglip positives") {
         nn::model<under<siglip_loss<double>>> m(under<siglip_loss<double>>{siglip_loss<double>{}},
                                                 1);
-        const tensor<double> pi(extents{3, 4});
+        const tensor<bool> pi(extents{3, 4});
         expect_error<shape_error>([&] { m.net().head.forward(cx, a.cref(), a.cref(), pi.cref()); },
                                   "siglip_loss positives");
     }

@@ -30,10 +30,14 @@ struct bound_modality {
     std::string name;
     logit_scale_options scale{};
 
-    /// A fixed scale s (no parameter): ImageBind's audio (20), depth (5), thermal (10), IMU (5).
+    /// A fixed scale s (no parameter; the forward uses s exactly): ImageBind's audio (20),
+    /// depth (5), thermal (10), IMU (5).
     static bound_modality fixed(std::string name, double s) {
         return {std::move(name),
-                {.init = std::log(s), .learnable = false, .clamp = scale_clamp::none}};
+                {.init = std::log(s),
+                 .learnable = false,
+                 .clamp = scale_clamp::none,
+                 .fixed_scale = s}};
     }
     /// A learnable theta initialised to ln(init_scale) with s = min(e^theta, max_scale) in
     /// the forward (zero gradient while saturated): ImageBind's text (1/0.07, 100).
@@ -73,20 +77,22 @@ public:
                           symmetric_reduction directions = symmetric_reduction::sum)
         : directions_(directions) {
         if (modalities.empty())
-            throw value_error("binding_loss", "binding_loss: no modality to bind");
+            throw value_error("binding_loss", "no modality to bind");
         for (std::size_t k = 0; k < modalities.size(); ++k) {
             const std::string& n = modalities[k].name;
             if (n.empty() || n.find('.') != std::string::npos)
                 throw value_error("binding_loss",
-                                  "binding_loss: a modality name must be non-empty "
-                                  "and contain no '.', got '" +
+                                  "a modality name must be non-empty and contain no '.', got '" +
                                       n + "'");
             for (std::size_t j = 0; j < k; ++j)
                 if (modalities[j].name == n)
-                    throw value_error("binding_loss",
-                                      "binding_loss: modality '" + n + "' bound twice");
+                    throw value_error("binding_loss", "modality '" + n + "' bound twice");
         }
         for (auto& m : modalities) {
+            std::string label = "binding_loss (anchor, ";
+            label += m.name;
+            label += ")";
+            labels_.push_back(std::move(label));
             names_.push_back(std::move(m.name));
             scales_.emplace_back(m.scale);
         }
@@ -115,10 +121,7 @@ public:
                               std::to_string(modalities.size()));
         double total = 0.0;
         for (std::size_t k = 0; k < names_.size(); ++k) {
-            std::string what = "binding_loss (anchor, ";
-            what += names_[k];
-            what += ")";
-            expect_matched_batch(path_, what, anchor, modalities[k]);
+            expect_matched_batch(path_, labels_[k], anchor, modalities[k]);
             logits_[k].similarities(cx, path_, anchor, modalities[k]);
             ops::logit_loss_desc d;
             d.kind = ops::logit_loss_kind::softmax_cross_entropy;
@@ -159,17 +162,21 @@ public:
         for (auto& s : scales_)
             s.clamp();
     }
+    /// K, the number of bound modalities.
     std::size_t size() const noexcept { return names_.size(); }
+    /// The name of modality k < K (its parameter path); throws std::out_of_range otherwise.
     const std::string& name(std::size_t k) const { return names_.at(k); }
+    /// The temperature of modality k < K; throws std::out_of_range otherwise.
     contrastive::logit_scale<T>& logit_scale(std::size_t k) { return scales_.at(k); }
     /// l_k of each modality in the last forward.
     std::span<const double> losses() const noexcept { return losses_; }
-    /// S_k = A M_k^T of the last forward.
+    /// S_k = A M_k^T of the last forward, (B, B); throws std::out_of_range for k >= K.
     tensor_ref<const T> similarities(std::size_t k) const { return logits_.at(k).s(); }
 
 private:
     symmetric_reduction directions_;
     std::vector<std::string> names_;
+    std::vector<std::string> labels_;  // "binding_loss (anchor, <name>)", for shape errors
     std::vector<contrastive::logit_scale<T>> scales_;
     std::vector<pairwise_logits<T>> logits_;
     std::vector<double> losses_;

@@ -40,13 +40,7 @@ public:
 
     /// Loss of the batch. image, text (B, D) with unit rows (B >= 1).
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
-        expect_embedding_pair(path_, "clip_loss embeddings", image, text);
-        if (image.extent(0) != text.extent(0))
-            throw shape_error(path_, "clip_loss text", "shape " + image.extents().to_string(),
-                              "shape " + text.extents().to_string());
-        if (image.extent(0) == 0)
-            throw shape_error(path_, "clip_loss embeddings", "a batch of at least one pair",
-                              "shape " + image.extents().to_string());
+        expect_matched_batch(path_, "clip_loss", image, text);
         logits_.similarities(cx, path_, image, text);
         ops::logit_loss_desc d;
         d.kind = ops::logit_loss_kind::softmax_cross_entropy;
@@ -65,6 +59,7 @@ public:
 
     /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
     /// S = I T^T of the last forward (B, B), e.g. for retrieval metrics.
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
@@ -109,29 +104,27 @@ public:
 
     /// Multi-positive SigLIP (contrastive.md section 4): the labels are a positives mask,
     /// z = 2 Pi - 1, l = (1/B) sum_ij softplus(-z_ij L_ij), G = (sigmoid(L) - Pi) / B.
-    /// positives (B, B) with entries 0 or 1 (Pi_ij: image i and text j match), any strides;
-    /// `{}` (no memory) means the identity, i.e. the plain form above.
+    /// positives (B, B) bool (Pi_ij: image i and text j match; the mask `same_label_mask`
+    /// returns and `multi_positive_loss` takes), any strides; `{}` (no memory) means the
+    /// identity, i.e. the plain form above.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text,
-                   tensor_ref<const T> positives) {
-        expect_embedding_pair(path_, "siglip_loss embeddings", image, text);
-        if (image.extent(0) != text.extent(0))
-            throw shape_error(path_, "siglip_loss text", "shape " + image.extents().to_string(),
-                              "shape " + text.extents().to_string());
-        if (image.extent(0) == 0)
-            throw shape_error(path_, "siglip_loss embeddings", "a batch of at least one pair",
-                              "shape " + image.extents().to_string());
+                   tensor_ref<const bool> positives) {
+        expect_matched_batch(path_, "siglip_loss", image, text);
         const bool dense = positives.data() != nullptr;
         if (dense)
             check_extents(positives, extents{image.extent(0), image.extent(0)}, path_,
                           "siglip_loss positives");
         logits_.similarities(cx, path_, image, text);
+        const tensor_ref<const T> targets =
+            dense ? logits_.mask_targets(cx, path_, positives, direction::rows, false)
+                  : tensor_ref<const T>{};
         ops::logit_loss_desc d;
         d.kind = ops::logit_loss_kind::sigmoid_binary;
         d.targets = dense ? ops::loss_targets::dense : ops::loss_targets::diagonal;
         d.scale = scale_.scale();
         d.bias = bias_.value();
         d.grad_scale = 1.0 / double(image.extent(0));
-        return logits_.pass(cx, path_, d, direction::rows, positives, cx.training);
+        return logits_.pass(cx, path_, d, direction::rows, targets, cx.training);
     }
 
     /// Gradients of the last training-mode forward.
@@ -142,9 +135,13 @@ public:
         return g;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// The additive bias b ("logit_bias").
     contrastive::logit_bias<T>& logit_bias() noexcept { return bias_; }
+    /// S = I T^T of the last forward (B, B), before scale and bias.
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:

@@ -209,32 +209,38 @@ private:
     }
 
     /// Every rank's input has rank 2 and the same extents as rank 0's; every rank's output
-    /// has the extents the collective implies. Identical on every rank.
+    /// has the extents the collective implies. Identical on every rank; formats a message
+    /// only on a mismatch.
     void validate(std::string_view who, const char* op) const {
         const bool gather = std::string_view(op) == "all_gather";
         const extents& first = slots_[0].in.extents();
         for (index_t k = 0; k < world_size_; ++k) {
             const slot& s = slots_[std::size_t(k)];
-            const std::string on = " on rank " + std::to_string(k);
-            std::string what = op;
-            if (s.in.rank() != 2 || s.in.extents() != first) {
-                what += " input";
-                what += on;
-                throw shape_error(
-                    who, what, "a (rows, D) batch of shape " + first.to_string() + " as on rank 0",
-                    "shape " + s.in.extents().to_string());
-            }
+            if (s.in.rank() != 2 || s.in.extents() != first) mismatch(who, op, k, false);
             const index_t rows = gather ? first[0] * world_size_ : first[0] / world_size_;
-            const extents want{rows, first[1]};
-            if ((!gather && first[0] % world_size_ != 0) || s.out != want) {
-                what += " output";
-                what += on;
-                throw shape_error(
-                    who, what,
-                    "shape " + want.to_string() + " for world size " + std::to_string(world_size_),
-                    "shape " + s.out.to_string());
-            }
+            if ((!gather && first[0] % world_size_ != 0) || s.out != extents{rows, first[1]})
+                mismatch(who, op, k, true);
         }
+    }
+
+    /// The `shape_error` of `validate` for rank k's input or output.
+    [[noreturn, gnu::cold, gnu::noinline]] void mismatch(std::string_view who, const char* op,
+                                                         index_t k, bool output) const {
+        const extents& first = slots_[0].in.extents();
+        const slot& s = slots_[std::size_t(k)];
+        std::string what = op;
+        what += output ? " output" : " input";
+        what += " on rank ";
+        what += std::to_string(k);
+        if (!output)
+            throw shape_error(who, what,
+                              "a (rows, D) batch of shape " + first.to_string() + " as on rank 0",
+                              "shape " + s.in.extents().to_string());
+        const bool gather = std::string_view(op) == "all_gather";
+        const extents want{gather ? first[0] * world_size_ : first[0] / world_size_, first[1]};
+        throw shape_error(
+            who, what, "shape " + want.to_string() + " for world size " + std::to_string(world_size_),
+            "shape " + s.out.to_string());
     }
 
     index_t world_size_;
@@ -276,17 +282,6 @@ tensor_ref<const T> sum(nn::step_context<T>& cx, std::string_view path, tensor_r
     return y;
 }
 
-/// The shared input check of the distributed heads: image, text (b, D), b >= 1.
-template <class T>
-void expect_local_pairs(std::string_view path, std::string_view head, const tensor_ref<T>& image,
-                        const tensor_ref<T>& text) {
-    expect_embedding_pair(path, std::string(head) + " embeddings", image, text);
-    if (image.extent(0) != text.extent(0) || image.extent(0) < 1)
-        throw shape_error(path, std::string(head) + " text",
-                          "shape " + image.extents().to_string() + " with at least one row",
-                          "shape " + text.extents().to_string());
-}
-
 }  // namespace detail
 
 /// How `distributed_clip_loss` distributes CLIP (open_clip `ClipLoss` flags). Effective
@@ -316,9 +311,11 @@ struct clip_distribution {
 /// arange(b) + r b and returns l_r = (mean over its b image rows + mean over its b text rows)
 /// / 2; mean_r l_r is the global `clip_loss`.
 ///   forward:  image, text (b, D) local unit rows -> l_r (the same b and D on every rank)
-///   backward: -> {d image (b, D), d text (b, D)}: the gradient of sum_k l_k with respect to
-///             this rank's embeddings (reduce-scattered), so that DDP's mean over ranks
-///             gives the global gradient; adds dl_r/dtheta into "logit_scale".grad
+///   backward: -> {d image (b, D), d text (b, D)}: with `gather_with_grad` (default), the
+///             gradient of sum_k l_k with respect to this rank's embeddings (reduce-
+///             scattered), so that DDP's mean over ranks gives the global gradient; without
+///             it, the gradient of l_r through the local rows only (effective gradient: the
+///             table of `clip_distribution`); adds dl_r/dtheta into "logit_scale".grad
 /// Parameter: "logit_scale" as `clip_loss`. The communicator must outlive the head; every
 /// rank calls forward and backward the same number of times (they run collectives).
 /// Cost: b x B logits twice per rank (B x B twice with `local_loss = false`).
@@ -340,7 +337,7 @@ public:
 
     /// This rank's loss l_r (see the class). Runs two all-gathers.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
-        detail::expect_local_pairs(path_, "distributed_clip_loss", image, text);
+        expect_matched_batch(path_, "distributed_clip_loss", image, text);
         image_all_ = detail::gather_rows(cx, *comm_, path_, image);
         text_all_ = detail::gather_rows(cx, *comm_, path_, text);
         const tensor_ref<const T> image_q = how_.local_loss ? image : image_all_;
@@ -368,8 +365,11 @@ public:
                 0.0};
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step, on every rank).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// The `local_loss` / `gather_with_grad` settings given at construction.
     const clip_distribution& distribution() const noexcept { return how_; }
 
 private:
@@ -440,7 +440,7 @@ public:
 
     /// This rank's loss l_r (see the class). Runs one all-gather.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
-        detail::expect_local_pairs(path_, "distributed_siglip_loss", image, text);
+        expect_matched_batch(path_, "distributed_siglip_loss", image, text);
         const index_t b = image.extent(0);
         const index_t rank = index_t(comm_->rank());
         const tensor_ref<const T> text_all = detail::gather_rows(cx, *comm_, path_, text);
@@ -488,8 +488,11 @@ public:
         return out;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step, on every rank).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// The additive bias b ("logit_bias").
     contrastive::logit_bias<T>& logit_bias() noexcept { return bias_; }
 
 private:

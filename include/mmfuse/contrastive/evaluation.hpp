@@ -59,12 +59,13 @@ namespace detail {
 /// Throws `value_error` naming `where` unless `x` is a host view with data (or empty).
 template <class T>
 void expect_host(std::string_view where, std::string_view what, const tensor_ref<T>& x) {
-    std::string msg(what);
     if (x.space() != memory_space::host) {
+        std::string msg(what);
         msg += ": evaluation reads host memory, got a device view";
         throw value_error(where, msg);
     }
     if (x.numel() > 0 && x.data() == nullptr) {
+        std::string msg(what);
         msg += ": null data for shape ";
         msg += x.extents().to_string();
         throw value_error(where, msg);

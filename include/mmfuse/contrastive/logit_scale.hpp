@@ -42,6 +42,9 @@ struct logit_scale_options {
     double min_log = 0.0;               ///< after_step lower bound of theta
     double max_log = max_log_scale;     ///< after_step upper bound of theta
     double max_scale = 100.0;           ///< in_forward upper bound of s
+    /// A fixed scale (learnable = false) given as s itself, used exactly (0: s = e^init).
+    /// `bound_modality::fixed` sets it, so that ImageBind's audio scale is 20, not e^(ln 20).
+    double fixed_scale = 0.0;
 };
 
 /// The multiplicative logit scale s = e^theta of a contrastive head.
@@ -53,7 +56,8 @@ class logit_scale {
 public:
     using value_type = T;
 
-    explicit logit_scale(logit_scale_options o = {}) : o_(o), fixed_log_(o.init) {
+    explicit logit_scale(logit_scale_options o = {})
+        : o_(o), fixed_(o.fixed_scale > 0.0 ? o.fixed_scale : std::exp(o.init)) {
         if (o_.learnable) theta_.shape = extents{};
     }
 
@@ -66,11 +70,14 @@ public:
         if (o_.learnable) theta_.value.data()[0] = T(o_.init);
     }
 
-    /// theta = log s as stored (before any in-forward clip).
-    double log_scale() const { return o_.learnable ? double(theta_.value.data()[0]) : fixed_log_; }
-    /// s used by the forward: e^theta, clipped at `max_scale` under `scale_clamp::in_forward`.
+    /// theta = log s as stored (before any in-forward clip); log of the fixed s when fixed.
+    double log_scale() const {
+        return o_.learnable ? double(theta_.value.data()[0]) : std::log(fixed_);
+    }
+    /// s used by the forward: e^theta, clipped at `max_scale` under `scale_clamp::in_forward`;
+    /// a fixed scale exactly as given (`fixed_scale`, else e^init computed once).
     double scale() const {
-        const double s = std::exp(log_scale());
+        const double s = o_.learnable ? std::exp(log_scale()) : fixed_;
         return o_.clamp == scale_clamp::in_forward ? std::min(s, o_.max_scale) : s;
     }
     /// Adds dl/dtheta = s * dl/ds to the parameter's gradient (0 while an in-forward clip
@@ -89,13 +96,16 @@ public:
         t = T(std::clamp(double(t), o_.min_log, o_.max_log));
     }
 
+    /// The options given at construction.
     const logit_scale_options& options() const noexcept { return o_; }
+    /// The "logit_scale" parameter holding theta (shape (); unallocated for a fixed scale).
     nn::parameter<T>& parameter() noexcept { return theta_; }
+    /// This scale's module path, as set by the visitor ("" before `nn::model` visits it).
     const std::string& path() const noexcept { return path_; }
 
 private:
     logit_scale_options o_;
-    double fixed_log_;
+    double fixed_;  // s of a fixed scale
     nn::parameter<T> theta_;
     std::string path_;
 };
@@ -116,10 +126,12 @@ public:
     }
     void reset_parameters(philox_generator&) { b_.value.data()[0] = T(init_); }
 
+    /// b as stored in the parameter.
     double value() const { return double(b_.value.data()[0]); }
     /// Adds dl/db to the parameter's gradient.
     void add_gradient(double d_bias) { b_.grad.data()[0] += T(d_bias); }
 
+    /// The "logit_bias" parameter holding b (shape ()).
     nn::parameter<T>& parameter() noexcept { return b_; }
 
 private:

@@ -46,19 +46,6 @@ constexpr double direction_weight(symmetric_reduction r) noexcept {
     return r == symmetric_reduction::mean ? 0.5 : 1.0;
 }
 
-/// Throws `shape_error` naming `path` unless a (B, D) and b (B, D) are a batch of B >= 1
-/// matched pairs of one width (`head` names the objective in the message).
-template <class T>
-void expect_matched_batch(std::string_view path, std::string_view head, const tensor_ref<T>& a,
-                          const tensor_ref<T>& b) {
-    std::string what(head);
-    what += " embeddings";
-    expect_embedding_pair(path, what, a, b);
-    if (a.extent(0) != b.extent(0) || a.extent(0) == 0)
-        throw shape_error(path, what, "two (B, D) batches with the same B >= 1",
-                          "shapes " + a.extents().to_string() + " and " + b.extents().to_string());
-}
-
 /// Positives mask Pi (rows, cols) with Pi_ij = (row_labels[i] == col_labels[j]), e.g. the
 /// class ids of a batch's images and texts, for `multi_positive_loss`. Data preparation on
 /// the host (the result is a host tensor).
@@ -109,14 +96,12 @@ public:
         if (positives.data() == nullptr)
             throw shape_error(path_, "multi_positive_loss positives", "a (B, B) mask with memory",
                               "a view without memory");
-        const tensor_ref<const T> s = logits_.similarities(cx, path_, image, text);
-        // q = softmax(0 * S) restricted to the positives = Pi / rowsum(Pi) (rows without a
-        // positive come out all zero); the column direction reads Pi^T the same way.
-        const ops::op_context op = cx.op(path_);
-        const tensor_ref<T> q_rows = cx.allocate({b, b});
-        const tensor_ref<T> q_cols = cx.allocate({b, b});
-        ops::softmax<T>(op, s, positives, q_rows, 0.0);
-        ops::softmax<T>(op, s.transpose(0, 1), positives.transpose(0, 1), q_cols, 0.0);
+        logits_.similarities(cx, path_, image, text);
+        // q = Pi / rowsum(Pi), q' = Pi^T / rowsum(Pi^T) (rows without a positive all zero).
+        const tensor_ref<const T> q_rows =
+            logits_.mask_targets(cx, path_, positives, direction::rows, true);
+        const tensor_ref<const T> q_cols =
+            logits_.mask_targets(cx, path_, positives, direction::columns, true);
         ops::logit_loss_desc d;
         d.kind = ops::logit_loss_kind::softmax_cross_entropy;
         d.targets = ops::loss_targets::dense;
@@ -133,8 +118,11 @@ public:
         return g;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// S = I T^T of the last forward (B, B), before the scale.
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:
@@ -159,7 +147,7 @@ struct negclip_gradients : pair_gradients<T> {
 /// Hard-negative captions only enlarge the image-to-text softmax; they are never queries.
 /// (NegCLIP's hard-negative *images* are ordinary extra pairs: append them to image and
 /// text.) N = 0 gives `clip_loss` exactly.
-///   forward:  image (B, D), text (B, D), hard_negatives (N, D), N >= 0 -> l
+///   forward:  image (B, D), text (B, D), hard_negatives (N, D), N >= 0 (`{}`: N = 0) -> l
 ///   backward: -> {d image, d text, d hard_negatives}; adds dl/dtheta into "logit_scale".grad
 /// Parameter "logit_scale" (open_clip defaults).
 template <compute_type T = float>
@@ -176,12 +164,15 @@ public:
     }
     void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
 
-    /// Loss of the batch. image, text (B, D) unit rows; hard_negatives (N, D) unit rows.
+    /// Loss of the batch. image, text (B, D) unit rows; hard_negatives (N, D) unit rows, or
+    /// `{}` (an empty view) for N = 0.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text,
                    tensor_ref<const T> hard_negatives) {
         expect_matched_batch(path_, "negclip_loss", image, text);
-        expect_embedding_pair(path_, "negclip_loss hard_negatives", text, hard_negatives);
-        const index_t b = image.extent(0), n = hard_negatives.extent(0);
+        const bool none = hard_negatives.rank() == 0 && hard_negatives.data() == nullptr;
+        if (!none)
+            expect_embedding_pair(path_, "negclip_loss hard_negatives", text, hard_negatives);
+        const index_t b = image.extent(0), n = none ? 0 : hard_negatives.extent(0);
         tensor_ref<const T> captions = text;
         if (n > 0) {
             const tensor_ref<T> all = cx.allocate({b + n, text.extent(1)});
@@ -215,7 +206,9 @@ public:
         return r;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
     /// S = I [T; T_neg]^T of the last forward, (B, B + N).
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
@@ -269,14 +262,7 @@ public:
 
     explicit hn_nce_loss(hn_nce_options o = {}, logit_scale_options scale = {})
         : o_(o), scale_(scale) {
-        if (!(o.alpha >= 0.0) || !std::isfinite(o.alpha) || !std::isfinite(o.beta)) {
-            std::string msg =
-                "hn_nce_loss: expected finite alpha >= 0 and finite beta, got alpha = ";
-            msg += std::to_string(o.alpha);
-            msg += ", beta = ";
-            msg += std::to_string(o.beta);
-            throw value_error("hn_nce_loss", msg);
-        }
+        ops::check_hn_nce("hn_nce_loss", descriptor(), 2);  // B >= 2 is checked per batch
     }
 
     template <class V>
@@ -293,13 +279,9 @@ public:
             throw shape_error(path_, "hn_nce_loss embeddings", "B >= 2 pairs (one negative)",
                               "shape " + image.extents().to_string());
         logits_.similarities(cx, path_, image, text);
-        ops::logit_loss_desc d;
-        d.kind = ops::logit_loss_kind::softmax_cross_entropy;
+        ops::logit_loss_desc d = descriptor();
         d.scale = scale_.scale();
         d.grad_scale = direction_weight(o_.directions) / double(image.extent(0));
-        d.hn_alpha = o_.alpha;
-        d.hn_beta = o_.beta;
-        d.hn_weights_in_graph = o_.weights == hn_weights::in_graph;
         return logits_.pass(cx, path_, d, direction::rows, {}, cx.training) +
                logits_.pass(cx, path_, d, direction::columns, {}, cx.training);
     }
@@ -311,12 +293,26 @@ public:
         return g;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// The settings given at construction.
     const hn_nce_options& options() const noexcept { return o_; }
+    /// S = I T^T of the last forward (B, B), before the scale.
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:
+    /// The `logit_loss` settings of both directions, before scale and grad_scale.
+    ops::logit_loss_desc descriptor() const noexcept {
+        ops::logit_loss_desc d;
+        d.kind = ops::logit_loss_kind::softmax_cross_entropy;
+        d.hn_alpha = o_.alpha;
+        d.hn_beta = o_.beta;
+        d.hn_weights_in_graph = o_.weights == hn_weights::in_graph;
+        return d;
+    }
+
     hn_nce_options o_;
     contrastive::logit_scale<T> scale_;
     pairwise_logits<T> logits_;
@@ -372,7 +368,7 @@ public:
                               "the student's batch B = " + std::to_string(b),
                               "shape " + teacher_image.extents().to_string());
         if (!(teacher_scale > 0.0) || !std::isfinite(teacher_scale)) {
-            std::string msg = "distill_clip_loss: teacher_scale must be finite and > 0, got ";
+            std::string msg = "teacher_scale must be finite and > 0, got ";
             msg += std::to_string(teacher_scale);
             throw value_error(path_, msg);
         }
@@ -408,8 +404,11 @@ public:
         return g;
     }
 
+    /// open_clip's post-step clamp of theta (call after every optimiser step).
     void clamp() { scale_.clamp(); }
+    /// The temperature: theta = log s ("logit_scale").
     contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
+    /// S = I T^T of the last forward (B, B), before the scale.
     tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:

@@ -14,12 +14,14 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "mmfuse/core/error.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
 #include "mmfuse/nn/module.hpp"
 #include "mmfuse/ops/loss.hpp"
 #include "mmfuse/ops/matmul.hpp"
+#include "mmfuse/ops/softmax.hpp"
 
 namespace mmfuse::inline v0::contrastive {
 
@@ -46,6 +48,31 @@ void expect_embedding_pair(std::string_view path, std::string_view what,
     if (a.rank() != 2 || b.rank() != 2 || a.extent(1) != b.extent(1))
         throw shape_error(path, what, "two (rows, D) batches of one width D",
                           "shapes " + a.extents().to_string() + " and " + b.extents().to_string());
+}
+
+namespace detail {
+/// The cold path of `expect_matched_batch`: formats and throws its `shape_error`.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_unmatched_batch(
+    std::string_view path, std::string_view head, const extents& a, const extents& b) {
+    std::string what(head);
+    what += " embeddings";
+    std::string actual = "shapes ";
+    actual += a.to_string();
+    actual += " and ";
+    actual += b.to_string();
+    throw shape_error(path, what, "two (B, D) batches of the same shape, with at least one row",
+                      std::move(actual));
+}
+}  // namespace detail
+
+/// Throws `shape_error` naming `path` unless a (B, D) and b (B, D) are a batch of B >= 1
+/// matched pairs of one width (`head` names the objective in the message: "<head>
+/// embeddings"). Allocates nothing unless it throws (a per-step check).
+template <class T>
+void expect_matched_batch(std::string_view path, std::string_view head, const tensor_ref<T>& a,
+                          const tensor_ref<T>& b) {
+    if (a.rank() != 2 || b.rank() != 2 || a.extents() != b.extents() || a.extent(0) == 0)
+        detail::throw_unmatched_batch(path, head, a.extents(), b.extents());
 }
 
 /// The similarity matrix of one step and the passes run over it. Lives for one step:
@@ -94,6 +121,28 @@ public:
                 d_bias_ += double(stats.data()[2 * r + 1]);
             }
         return d.grad_scale * total;
+    }
+
+    /// Dense targets of a `pass` in direction `dir` from a positives mask over S (mask (Ra, Rb)
+    /// bool, any strides; `mask(i, j)`: row i of A and row j of B match), in the workspace,
+    /// with the pass's (queries, keys) shape:
+    ///   per_query_mass = false:  y = Pi exactly (0 or 1; SigLIP's labels),
+    ///   per_query_mass = true:   y = Pi / rowsum(Pi) (each query's positives share mass 1,
+    ///                            a query without a positive gets an all-zero row; SupCon).
+    /// Both are `ops::softmax` of 0 * S restricted to the mask: over each query's row, or
+    /// over a unit trailing axis (each element alone: e^0 / e^0 = 1 where kept, 0 where not).
+    tensor_ref<const T> mask_targets(nn::step_context<T>& cx, std::string_view path,
+                                     tensor_ref<const bool> mask, direction dir,
+                                     bool per_query_mass) const {
+        const bool rows = dir == direction::rows;
+        const tensor_ref<const T> x = rows ? s_ : s_.transpose(0, 1);
+        const tensor_ref<const bool> m = rows ? mask : mask.transpose(0, 1);
+        const tensor_ref<T> y = cx.allocate(x.extents());
+        if (per_query_mass)
+            ops::softmax<T>(cx.op(path), x, m, y, 0.0);
+        else
+            ops::softmax<T>(cx.op(path), x.unsqueeze(2), m.unsqueeze(2), y.unsqueeze(2), 0.0);
+        return y;
     }
 
     /// dA = dS b, dB = dS^T a and the scalar gradients of every pass since `similarities`.

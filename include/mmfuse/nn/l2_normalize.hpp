@@ -63,6 +63,7 @@ public:
         return dx;
     }
 
+    /// This layer's module path, as set by the visitor ("" before `nn::model` visits it).
     const std::string& path() const noexcept { return path_; }
 
 private:

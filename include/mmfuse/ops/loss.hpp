@@ -6,8 +6,6 @@
 /// transposed view of S with `accumulate = true` into the transposed view of dS.
 
 #include <array>
-#include <cmath>
-#include <string>
 #include <type_traits>
 
 #include "mmfuse/core/error.hpp"
@@ -52,20 +50,7 @@ void logit_loss(const op_context& cx, const logit_loss_desc& d,
         detail::expect_operand(cx, "logit_loss output dx", dx, x.extents());
         detail::expect_operand(cx, "logit_loss output row_stats", row_stats, extents{rows, 2});
     }
-    const bool hn = d.hn_alpha != 1.0 || d.hn_beta != 0.0 || d.hn_weights_in_graph;
-    if (hn) {
-        const auto refuse = [&](const std::string& why) {
-            throw value_error(cx.module, "logit_loss (HN-NCE): " + why);
-        };
-        if (d.kind != logit_loss_kind::softmax_cross_entropy)
-            refuse("hn_alpha / hn_beta apply to softmax_cross_entropy only");
-        if (d.targets != loss_targets::diagonal) refuse("needs diagonal targets");
-        if (!(d.hn_alpha >= 0.0) || !std::isfinite(d.hn_alpha))
-            refuse("hn_alpha must be finite and >= 0, got " + std::to_string(d.hn_alpha));
-        if (!std::isfinite(d.hn_beta)) refuse("hn_beta must be finite");
-        if (x.extent(1) < 2)
-            refuse("needs at least 2 columns (one negative), got " + std::to_string(x.extent(1)));
-    }
+    check_hn_nce(cx.module, d, x.extent(1));
     std::array<any_tensor_ref, 2> in{x, targets};
     std::array<any_tensor_ref, 3> out{row_loss, dx, row_stats};
     detail::submit(cx, d, std::span<const any_tensor_ref>(in.data(), dense ? 2 : 1),

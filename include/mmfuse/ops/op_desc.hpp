@@ -353,6 +353,33 @@ struct logit_loss_desc {
     friend bool operator==(const logit_loss_desc&, const logit_loss_desc&) = default;
 };
 
+/// Whether `d` asks for HN-NCE weighting (anything but alpha = 1, beta = 0, detached): the
+/// one predicate front-ends, backends and heads use.
+constexpr bool uses_hn_nce(const logit_loss_desc& d) noexcept {
+    return d.hn_alpha != 1.0 || d.hn_beta != 0.0 || d.hn_weights_in_graph;
+}
+
+/// Throws `value_error` naming `module` unless the HN-NCE settings of `d` are usable on rows
+/// of `cols` logits: softmax_cross_entropy with diagonal targets, finite alpha >= 0, finite
+/// beta, cols >= 2 (one negative). Does nothing when `!uses_hn_nce(d)`.
+inline void check_hn_nce(std::string_view module, const logit_loss_desc& d, index_t cols) {
+    if (!uses_hn_nce(d)) return;
+    const auto refuse = [&](const std::string& why) {
+        std::string message = "HN-NCE: ";
+        message += why;
+        throw value_error(module, message);
+    };
+    if (d.kind != logit_loss_kind::softmax_cross_entropy)
+        refuse("hn_alpha / hn_beta apply to softmax_cross_entropy only");
+    if (d.targets != loss_targets::diagonal) refuse("needs diagonal targets");
+    if (!(d.hn_alpha >= 0.0) || !std::isfinite(d.hn_alpha))
+        refuse("alpha (hn_alpha) must be finite and >= 0, got " + std::to_string(d.hn_alpha));
+    if (!std::isfinite(d.hn_beta))
+        refuse("beta (hn_beta) must be finite, got " + std::to_string(d.hn_beta));
+    if (cols < 2)
+        refuse("needs at least 2 columns (one negative), got " + std::to_string(cols));
+}
+
 /// Every op a backend may be asked to execute.
 using op_desc =
     std::variant<matmul_desc, bias_add_desc, softmax_desc, softmax_backward_desc, layer_norm_desc,

@@ -71,8 +71,7 @@ double logit_loss_row(const ops::logit_loss_desc& d, index_t cols, index_t targe
         }
         return loss;
     }
-    const bool hn = d.hn_alpha != 1.0 || d.hn_beta != 0.0 || d.hn_weights_in_graph;
-    if (!hn) {
+    if (!ops::uses_hn_nce(d)) {
         double mx = neg_inf, ysum = 0.0, ydot = 0.0;
         for (index_t j = 0; j < cols; ++j) {
             const double v = z(j), t = y(j);
