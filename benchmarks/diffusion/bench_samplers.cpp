@@ -15,7 +15,7 @@
 //   BM_edm/eigen/<shape>          edm_sampler with the paper's ImageNet churn (40/0.05/50/1.003)
 //   BM_ddpm, BM_ddim, BM_ddim_eta1, BM_ddim_clip, BM_ddim_threshold, BM_euler,
 //   BM_euler_ancestral            the diffusers-style samplers, 25 steps, SD-1.x schedule
-//   BM_<multistep>                the samplers of samplers_multistep.hpp (when present)
+//   BM_<multistep>                the samplers of samplers_multistep.hpp
 //   BM_cfg, BM_cfg_rescale        classifier_free_guidance around a null batched model (per
 //                                 guided evaluation: the [x; x] copies, the guidance combine,
 //                                 the rescale's host statistics)

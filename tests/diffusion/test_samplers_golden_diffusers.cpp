@@ -98,7 +98,7 @@ TEST_CASE("Classifier-free guidance with rescale replays the golden diffusers CF
     double worst = 0.0;
     for (const std::string& c : f.cases()) {
         const std::string tag = c.substr(0, c.find('/'));
-        if (tag != "ddim" && tag != "euler") continue;  // the samplers implemented so far
+        if (tag != "ddim" && tag != "euler") continue;  // DPM-Solver++ / UniPC: golden_multistep
         INFO("case " << c);
         const bool euler = tag == "euler";
         const case_setup cs = setup_of(f, c, euler);

@@ -428,6 +428,17 @@ TEST_CASE("diffusion schedule rejects bad input", "[diffusion]") {
     CHECK_THROWS_AS(dm::timesteps(s, 0, dm::timestep_spacing::leading), value_error);
     CHECK_THROWS_AS(dm::timesteps(s, 1001, dm::timestep_spacing::leading), value_error);
     CHECK_THROWS_AS(dm::timesteps(s, 10, dm::timestep_spacing::leading, -1), value_error);
+    // leading: 999 * 1 + 1 = 1000 is past the last training timestep 999
+    CHECK_THROWS_AS(dm::timesteps(s, 1000, dm::timestep_spacing::leading, 1), value_error);
+    CHECK_NOTHROW(dm::timesteps(s, 1000, dm::timestep_spacing::leading, 0));
+    // the N+1 grid (DPM-Solver / UniPC) with N = T would repeat a timestep (h = 0)
+    for (const auto sp : {dm::timestep_spacing::linspace, dm::timestep_spacing::leading,
+                          dm::timestep_spacing::trailing}) {
+        CHECK_THROWS_AS(dm::timesteps(s, 1000, sp, 0, true), value_error);
+        const std::vector<double> g = dm::timesteps(s, 999, sp, 0, true);
+        REQUIRE(g.size() == 999);
+        for (std::size_t i = 1; i < g.size(); ++i) CHECK(g[i] < g[i - 1]);
+    }
     CHECK_THROWS_AS(s.sigma_to_t(std::nan("")), value_error);
     CHECK_THROWS_AS(s.sigma_at(std::nan("")), value_error);
     CHECK_THROWS_AS(dm::karras_sigmas(0.0, 10.0, 5), value_error);

@@ -198,6 +198,26 @@ TEST_CASE("diffusion min-SNR weights follow Hang et al. and diffusers", "[diffus
             CHECK(w_eps[i] <= 1.0);
             CHECK(w_v[i] < 1.0);
         }
+        // Hand-derived values (diffusers train_text_to_image: eps min(SNR, g) / SNR, v
+        // min(SNR, g) / (SNR + 1), x0 min(SNR, g)), written without the formula: with
+        // g = 2 SNR the eps weight is 1 and the v weight SNR / (SNR + 1) = alphas_cumprod;
+        // with g = SNR / 2 the eps weight is 1/2 and the v weight alphas_cumprod / 2.
+        for (const int tt : {100, 500}) {
+            const double r = dm::snr(s, tt), ac = s.alphas_cumprod()[std::size_t(tt)];
+            const std::vector<int> one{tt};
+            std::vector<double> w1(1);
+            INFO("t " << tt << " snr " << r);
+            dm::min_snr_weights(s, one, 2 * r, dm::prediction_type::epsilon, w1);
+            CHECK(w1[0] == Approx(1.0).epsilon(1e-12));
+            dm::min_snr_weights(s, one, 2 * r, dm::prediction_type::v_prediction, w1);
+            CHECK(w1[0] == Approx(ac).epsilon(1e-6));
+            dm::min_snr_weights(s, one, 0.5 * r, dm::prediction_type::epsilon, w1);
+            CHECK(w1[0] == Approx(0.5).epsilon(1e-12));
+            dm::min_snr_weights(s, one, 0.5 * r, dm::prediction_type::v_prediction, w1);
+            CHECK(w1[0] == Approx(0.5 * ac).epsilon(1e-6));
+            dm::min_snr_weights(s, one, 0.5 * r, dm::prediction_type::sample, w1);
+            CHECK(w1[0] == Approx(0.5 * r).epsilon(1e-12));
+        }
     }
     const dm::noise_schedule s(dm::schedule_config{});
     std::vector<double> w(2);

@@ -720,7 +720,7 @@ def make_kdiffusion(out, report):
                         err = float(np.max(np.abs(xs[-1] - end)))
                         b.info(name, ode_endpoint_error=err)
                     report.append((name, 0.0))
-        # Euler with churn (k-diffusion draws randn_like only when gamma > 0).
+        # Euler with churn (k-diffusion draws randn_like on every step and uses it only when gamma > 0).
         for fname in ("sample_euler", "sample_heun", "sample_dpm_2"):
             seed += 10
             g = np.random.default_rng(seed)

@@ -42,7 +42,8 @@ concept denoiser =
 /// timestep is the nearest training index (k-diffusion `quantize=True`), otherwise the
 /// fractional log-sigma interpolation `schedule.sigma_to_t`. The schedule must outlive this
 /// object; the scaled-input buffer is allocated at the first call (and again only when the
-/// sample's extents change).
+/// sample's extents change) from a host arena this object owns, so the model is always
+/// called on a host tensor: this adapter is host-only.
 template <compute_type T, denoiser<T> Model>
 class vp_model_denoiser {
 public:
@@ -70,6 +71,7 @@ public:
         return quantize_ ? std::round(t) : t;
     }
 
+    /// The wrapped VP model.
     Model& model() noexcept { return model_; }
 
 private:

@@ -33,9 +33,11 @@ namespace mmfuse::inline v0::diffusion {
 
 /// A B-row denoiser from a 2B-row batched model (see the file comment). `scale` g (any
 /// finite value; 1 = conditional only), `rescale` phi in [0, 1]. The batched input and output
-/// buffers (2B rows each) are allocated at the first call and reused. The rescale reads the
-/// per-item statistics on the host, so it needs host memory (`backend_error` otherwise);
-/// plain guidance is two `ops::combine` copies and one combine, on any backend.
+/// buffers (2B rows each) are allocated at the first call, from a host arena this object
+/// owns, and reused: the batched model is always called on host tensors, so this class is
+/// host-only (x and out may live anywhere `ops::combine` can copy from / to, the model not).
+/// The rescale reads the per-item statistics on the host as well (`backend_error` for device
+/// x / out).
 template <compute_type T, denoiser<T> Batched>
 class classifier_free_guidance {
 public:
@@ -68,6 +70,7 @@ public:
         if (rescale_ > 0.0) rescale(c, out);
     }
 
+    /// The wrapped 2B-row model (e.g. to change its conditioning between samples).
     Batched& model() noexcept { return model_; }
 
 private:

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +33,7 @@ template <compute_type T>
 struct noise_term {
     tensor_ref<const T> values{};  ///< explicit standard-normal values, or a null view
     ops::philox_draw draw{};       ///< used when `values` is null
+    /// True when the draw is a view of values (`values`), false when it is a Philox stream.
     bool explicit_values() const noexcept { return values.data() != nullptr; }
 };
 
@@ -50,6 +52,8 @@ template <compute_type T>
 class philox_noise {
 public:
     explicit philox_noise(philox_generator& gen) noexcept : gen_(&gen) {}
+    /// The next draw of e.numel() standard normals: reserves their Philox words in `gen`
+    /// (advancing it) and returns them as a draw the update op generates.
     noise_term<T> next(const extents& e) {
         return {{}, ops::take_draw(*gen_, normal_words<T>(std::uint64_t(e.numel())))};
     }
@@ -91,6 +95,8 @@ template <compute_type T, class Fill>
 class callback_noise {
 public:
     explicit callback_noise(Fill fill) : fill_(std::move(fill)) {}
+    /// Draw k (k = 0, 1, ...): `fill(k, buffer)` on this source's host buffer of extents `e`
+    /// (reallocated when `e` changes); the returned term views that buffer until the next draw.
     noise_term<T> next(const extents& e);
 
 private:
@@ -140,10 +146,13 @@ public:
         take(a, e, count);
     }
 
+    /// Buffer i, 0 <= i < count() (unchecked).
     tensor_ref<T> operator[](int i) const noexcept { return bufs_[std::size_t(i)]; }
     /// Exchanges buffers i and j (a history rotation without copying).
     void swap(int i, int j) noexcept { std::swap(bufs_[std::size_t(i)], bufs_[std::size_t(j)]); }
+    /// Number of buffers held (0 before the first allocation).
     int count() const noexcept { return count_; }
+    /// The extents of every buffer.
     const extents& shape() const noexcept { return shape_; }
 
 private:
@@ -178,6 +187,38 @@ noise_term<T> callback_noise<T, Fill>::next(const extents& e) {
     fill_(used_++, buffer_);
     return {buffer_, {}};
 }
+
+/// k-diffusion's `get_ancestral_step`: the split of a step sigma -> sigma' into a
+/// deterministic part down to sigma_down and fresh noise of std sigma_up:
+/// sigma_up = min(sigma', eta sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2)),
+/// sigma_down = sqrt(sigma'^2 - sigma_up^2); eta = 0 gives (sigma', 0).
+struct ancestral_split {
+    double sigma_down;  ///< the level the deterministic (ODE) part steps to, <= sigma'
+    double sigma_up;    ///< the std of the fresh noise added after it, >= 0
+};
+/// The split of the step sigma -> sigma_next (sigma > sigma_next >= 0) for noise amount
+/// eta >= 0 (diffusers' Euler-ancestral uses eta = 1).
+inline ancestral_split ancestral_step(double sigma, double sigma_next, double eta) {
+    if (eta == 0.0) return {sigma_next, 0.0};
+    const double up =
+        std::min(sigma_next, eta * std::sqrt(sigma_next * sigma_next *
+                                             (sigma * sigma - sigma_next * sigma_next) /
+                                             (sigma * sigma)));
+    return {std::sqrt(sigma_next * sigma_next - up * up), up};
+}
+
+namespace detail {
+
+/// Rotates the ring of `count` history buffers starting at `first` by one, so that the
+/// oldest becomes buffer `first` (to be overwritten by the newest); buffer first + k then
+/// holds the entry written k steps ago.
+template <compute_type T>
+void rotate_history(state_buffers<T>& bufs, int first, int count) {
+    for (int j = count - 1; j > 0; --j)
+        bufs.swap(first + j, first + j - 1);
+}
+
+}  // namespace detail
 
 /// Largest number of terms (inputs plus explicit noise) one `lincomb` accepts.
 inline constexpr int max_lincomb_terms = 10;

@@ -24,6 +24,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -87,6 +88,20 @@ inline double stored_sigma(const noise_schedule& s, double sigma) {
 /// table interpolated there; with `karras` the Karras sigmas between the ends of that grid
 /// (not of the table) and t_i = sigma_to_t(sigma_i) (fractional). `sigmas` ends with the
 /// appended 0 (N + 1 values); init_noise_sigma = max sigma, or sqrt(max^2 + 1) for `leading`.
+/// Throws `value_error` when a grid sigma is not finite: with `rescale_zero_terminal_snr`
+/// and terminal_alpha_cumprod 0 the last training sigma is infinite, which sigma-space
+/// samplers cannot step from (diffusers sets 2^-24 there for them).
+inline void check_finite_sigmas(std::span<const double> sigmas) {
+    for (const double v : sigmas)
+        if (!std::isfinite(v))
+            throw value_error(schedule_module,
+                              "sigma grid: a grid sigma is not finite (zero terminal SNR makes "
+                              "the last sigma infinite); set schedule_config "
+                              "terminal_alpha_cumprod = 2^-24 (as diffusers' sigma-space "
+                              "schedulers do) or use a VP sampler (DDPM / DDIM)");
+}
+
+/// The grid of ve_sigma_grid / make_ve_sigma_grid (below): the N timesteps and N + 1 sigmas.
 struct ve_sigma_grid {
     std::vector<double> timesteps;
     std::vector<double> sigmas;
@@ -106,6 +121,7 @@ inline ve_sigma_grid make_ve_sigma_grid(const noise_schedule& s, int n, timestep
             g.sigmas[i] = stored_sigma(s, g.sigmas[i]);
         }
     }
+    check_finite_sigmas(g.sigmas);
     const double top = *std::max_element(g.sigmas.begin(), g.sigmas.end());
     g.init_noise_sigma = spacing == timestep_spacing::leading ? std::sqrt(top * top + 1.0) : top;
     g.sigmas.push_back(0.0);
@@ -167,12 +183,17 @@ public:
     }
 
     /// Chooses the N timesteps (diffusers set_timesteps).
+    /// Throws as `diffusion::timesteps`; on a throw the sampler keeps its previous grid.
     void set_timesteps(int n) {
+        std::vector<double> grid = diffusion::timesteps(*schedule_, n, o_.spacing, o_.steps_offset);
+        timesteps_ = std::move(grid);  // commit only after validation (strong guarantee)
         steps_ = n;
-        timesteps_ = diffusion::timesteps(*schedule_, n, o_.spacing, o_.steps_offset);
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
+    /// Number of model calls (steps) of one sample.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return 1.0; }
     /// The model input of call i: x itself (VP samplers do not scale).
     tensor_ref<const T> model_input(int, tensor_ref<const T> x) const noexcept { return x; }
@@ -275,15 +296,15 @@ vp_ancestral_sampler<T> ddim_sampler(ops::op_context cx, const noise_schedule& s
 /// Options of the Euler-family schedulers (diffusers EulerDiscreteScheduler /
 /// EulerAncestralDiscreteScheduler, and their step() churn arguments).
 struct euler_options {
-    timestep_spacing spacing = timestep_spacing::linspace;
-    int steps_offset = 0;
-    prediction_type prediction = prediction_type::epsilon;
-    bool use_karras_sigmas = false;
+    timestep_spacing spacing = timestep_spacing::linspace;  ///< the N-grid (see `timesteps`)
+    int steps_offset = 0;                                   ///< added to `leading` grids
+    prediction_type prediction = prediction_type::epsilon;  ///< what the model outputs
+    bool use_karras_sigmas = false;  ///< Karras sigmas between the grid's ends
     bool ancestral = false;  ///< EulerAncestralDiscreteScheduler (eta = 1 split; no churn)
-    double s_churn = 0.0;
-    double s_tmin = 0.0;
-    double s_tmax = std::numeric_limits<double>::infinity();
-    double s_noise = 1.0;
+    double s_churn = 0.0;    ///< Karras churn S_churn (gamma = min(S_churn / N, sqrt2 - 1))
+    double s_tmin = 0.0;     ///< churn only for sigma in [s_tmin, s_tmax]
+    double s_tmax = std::numeric_limits<double>::infinity();  ///< see s_tmin
+    double s_noise = 1.0;    ///< scale of the churn noise (S_noise)
 };
 
 /// diffusers' Euler / Euler-ancestral schedulers (reference sections 3, 4.5, 4.6) in VE
@@ -304,6 +325,8 @@ public:
                               "prediction_type sample (as diffusers)");
     }
 
+    /// Chooses the N timesteps and sigmas (diffusers set_timesteps); throws as
+    /// `detail::make_ve_sigma_grid`, keeping the previous grid on a throw.
     void set_timesteps(int n) {
         detail::ve_sigma_grid g = detail::make_ve_sigma_grid(*schedule_, n, o_.spacing,
                                                              o_.steps_offset, o_.use_karras_sigmas);
@@ -311,10 +334,13 @@ public:
         sigmas_ = std::move(g.sigmas);
         init_sigma_ = g.init_noise_sigma;
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
     /// sigma_0 .. sigma_{N-1}, 0.
     std::span<const double> sigmas() const noexcept { return sigmas_; }
+    /// Number of model calls (steps) of one sample.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return init_sigma_; }
 
     /// x / sqrt(sigma_i^2 + 1) in this sampler's input buffer.
@@ -344,12 +370,10 @@ public:
         if (o_.ancestral) {
             const affine_coefficients c = ve_x0_coefficients(o_.prediction, s);
             lincomb<T>(cx_, x0, {cref(x), out}, {c.x, c.output});
-            const double up =
-                std::sqrt(s_next * s_next * (s * s - s_next * s_next) / (s * s));
-            const double down = std::sqrt(s_next * s_next - up * up);
-            const double dt = down - s;
+            const ancestral_split a = ancestral_step(s, s_next, 1.0);  // diffusers: eta = 1
+            const double dt = a.sigma_down - s;
             const noise_term<T> z = noise.next(x.extents());
-            lincomb<T>(cx_, x, {cref(x), cref(x0)}, {1.0 + dt / s, -dt / s}, up, &z);
+            lincomb<T>(cx_, x, {cref(x), cref(x0)}, {1.0 + dt / s, -dt / s}, a.sigma_up, &z);
             return;
         }
         const double gamma = o_.s_tmin <= s && s <= o_.s_tmax

@@ -61,29 +61,26 @@ struct k_options {
     bool draw_every_step = true;
 };
 
-/// k-diffusion's `get_ancestral_step`: the split of a step sigma -> sigma' into a
-/// deterministic part down to sigma_down and fresh noise of std sigma_up:
-/// sigma_up = min(sigma', eta sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2)),
-/// sigma_down = sqrt(sigma'^2 - sigma_up^2); eta = 0 gives (sigma', 0).
-struct ancestral_split {
-    double sigma_down;
-    double sigma_up;
-};
-inline ancestral_split ancestral_step(double sigma, double sigma_next, double eta) {
-    if (eta == 0.0) return {sigma_next, 0.0};
-    const double up =
-        std::min(sigma_next, eta * std::sqrt(sigma_next * sigma_next *
-                                             (sigma * sigma - sigma_next * sigma_next) /
-                                             (sigma * sigma)));
-    return {std::sqrt(sigma_next * sigma_next - up * up), up};
-}
-
 /// The linear-multistep weight c_j = integral over [t[i], t[i+1]] of the Lagrange basis
 /// polynomial prod_{k != j, k < order} (tau - t[i-k]) / (t[i-j] - t[i-k]) (k-diffusion's
 /// `linear_multistep_coeff`, there by adaptive quadrature). Computed exactly: 3-point
 /// Gauss-Legendre integrates the (degree <= 3) polynomial without error.
+/// Throws `value_error` unless 1 <= order, 0 <= j < order, order - 1 <= i and
+/// i + 1 < t.size() (the nodes t[i - order + 1 .. i] and the interval end t[i + 1] exist).
 inline double linear_multistep_weight(int order, std::span<const double> t, std::size_t i,
                                       int j) {
+    if (order < 1 || j < 0 || j >= order || i < std::size_t(order - 1) || i + 1 >= t.size()) {
+        std::string msg = "linear_multistep_weight: need 1 <= order, 0 <= j < order, order - 1 "
+                          "<= i and i + 1 < t.size(), got order ";
+        msg += std::to_string(order);
+        msg += ", i ";
+        msg += std::to_string(i);
+        msg += ", j ";
+        msg += std::to_string(j);
+        msg += ", t.size() ";
+        msg += std::to_string(t.size());
+        throw value_error("diffusion.samplers_k", msg);
+    }
     const auto basis = [&](double tau) {
         double p = 1.0;
         for (int k = 0; k < order; ++k) {
@@ -103,7 +100,8 @@ inline double linear_multistep_weight(int order, std::span<const double> t, std:
 /// (normally sigma_N = 0; N steps). See `k_method` for the methods. Noise draws, exactly where
 /// k-diffusion draws (so a recorded sequence replays): euler / heun / dpm_2: one per step,
 /// always (used only when gamma > 0); euler_ancestral / dpmpp_2s_ancestral: one per step with
-/// sigma' > 0 and eta != 0 (k-diffusion draws only when sigma' > 0); others: none.
+/// sigma' > 0, whatever eta (as k-diffusion), except that with `no_noise` a step whose
+/// sigma_up is 0 (eta = 0) draws nothing; others: none.
 /// Denoiser calls: N (euler, euler_a, dpmpp_2m, lms), 2N - 1 (heun, dpm_2 when sigma_N = 0),
 /// up to 2N (dpmpp_2s_ancestral). Steps must be taken in order 0, 1, ..., N-1.
 template <compute_type T>
@@ -132,6 +130,7 @@ public:
 
     /// Number of steps N (= sigmas - 1).
     int steps() const noexcept { return int(sigmas_.size()) - 1; }
+    /// The sigma sequence sigma_0 > ... > sigma_N given to the constructor.
     std::span<const double> sigmas() const noexcept { return sigmas_; }
     /// The std of the starting noise: x_0 = sigma_0 * z.
     double init_noise_sigma() const noexcept { return sigmas_.front(); }
@@ -232,6 +231,15 @@ private:
         lincomb<T>(cx_, x, {cref(x), cref(x2), cref(den2)}, {1.0, dt / s_mid, -dt / s_mid});
     }
 
+    /// Whether an ancestral step to s_next draws: k-diffusion draws whenever s_next > 0 (so
+    /// a real source advances even at eta = 0); with `no_noise` and sigma_up = 0 nothing is
+    /// drawn, so eta = 0 runs deterministically.
+    template <class N>
+    static bool ancestral_draws(double s_next, const ancestral_split& a) {
+        constexpr bool deterministic = std::is_same_v<std::remove_cvref_t<N>, no_noise<T>>;
+        return s_next > 0.0 && !(deterministic && a.sigma_up == 0.0);
+    }
+
     template <class D, class N>
     void euler_ancestral_step(D& denoise, int i, tensor_ref<T> x, N& noise) {
         const double s = sigmas_[std::size_t(i)], s_next = sigmas_[std::size_t(i) + 1];
@@ -239,7 +247,7 @@ private:
         denoise_into(denoise, x, s, den);
         const ancestral_split a = ancestral_step(s, s_next, opt_.eta);
         const double dt = a.sigma_down - s;
-        if (s_next > 0.0) {
+        if (ancestral_draws<N>(s_next, a)) {
             const noise_term<T> z = noise.next(x.extents());
             lincomb<T>(cx_, x, {cref(x), cref(den)}, {1.0 + dt / s, -dt / s},
                        opt_.s_noise * a.sigma_up, &z);
@@ -274,7 +282,7 @@ private:
         const tensor_ref<T> den = bufs_[0], x2 = bufs_[1], den2 = bufs_[2];
         denoise_into(denoise, x, s, den);
         const ancestral_split a = ancestral_step(s, s_next, opt_.eta);
-        const bool noisy = s_next > 0.0;
+        const bool noisy = ancestral_draws<N>(s_next, a);
         const noise_term<T> z = noisy ? noise.next(x.extents()) : noise_term<T>{};
         const double up = noisy ? opt_.s_noise * a.sigma_up : 0.0;
         if (a.sigma_down == 0.0) {  // Euler to sigma_down = 0
@@ -299,10 +307,9 @@ private:
         const int order = opt_.lms_order;
         const tensor_ref<T> den = bufs_[0];
         denoise_into(denoise, x, s, den);
-        // History ring: buffers 3 .. 3+order-1, newest first. Rotate so the oldest slot
-        // becomes slot 3, then write d_i there.
-        for (int j = order - 1; j > 0; --j)
-            bufs_.swap(3 + j, 3 + j - 1);
+        // History ring: buffers 3 .. 3+order-1, newest first; the oldest slot becomes 3,
+        // which d_i then overwrites.
+        detail::rotate_history(bufs_, 3, order);
         const tensor_ref<T> d = bufs_[3];
         lincomb<T>(cx_, d, {cref(x), cref(den)}, {1.0 / s, -1.0 / s});
         history_ = std::min(history_ + 1, order);

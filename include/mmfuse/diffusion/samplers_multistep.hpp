@@ -55,14 +55,6 @@ inline void expect_in_order(std::string_view module, int i, int next) {
                                       std::to_string(next) + ", got " + std::to_string(i));
 }
 
-/// Rotates the ring of `count` history buffers starting at `first` by one, so that the
-/// oldest becomes buffer `first` (to be overwritten by the newest); buffer first + k then
-/// holds the entry written k steps ago.
-template <compute_type T>
-void rotate_history(state_buffers<T>& bufs, int first, int count) {
-    for (int j = count - 1; j > 0; --j)
-        bufs.swap(first + j, first + j - 1);
-}
 
 /// The VP level of a VE sigma as DPM-Solver / UniPC write it: alpha = 1/sqrt(sigma^2 + 1),
 /// sigma_t = sigma alpha, log-SNR lambda = log alpha - log sigma_t (+inf at sigma = 0).
@@ -150,6 +142,8 @@ public:
                                               std::to_string(o_.order));
     }
 
+    /// Chooses the N timesteps and sigmas (diffusers set_timesteps); throws as
+    /// `detail::make_ve_sigma_grid`, keeping the previous grid on a throw.
     void set_timesteps(int n) {
         detail::ve_sigma_grid g = detail::make_ve_sigma_grid(*schedule_, n, o_.spacing,
                                                              o_.steps_offset, o_.use_karras_sigmas);
@@ -158,10 +152,13 @@ public:
         init_sigma_ = g.init_noise_sigma;
         next_ = 0;
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
     /// sigma_0 .. sigma_{N-1}, 0.
     std::span<const double> sigmas() const noexcept { return sigmas_; }
+    /// Number of model calls (steps) of one sample.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return init_sigma_; }
 
     /// x / sqrt(sigma_i^2 + 1) in this sampler's input buffer.
@@ -232,7 +229,7 @@ inline schedule_config heun_default_schedule() {
 }
 
 /// Options of `heun_sampler` (diffusers HeunDiscreteScheduler). diffusers offers clipping of
-/// x0 (`clip_sample`, off by default) but no thresholding.
+/// x0 (`clip_sample`, off by default) but no thresholding (refused by the constructor).
 struct heun_options {
     timestep_spacing spacing = timestep_spacing::linspace;
     int steps_offset = 0;
@@ -251,26 +248,37 @@ struct heun_options {
 template <compute_type T>
 class heun_sampler : public detail::diffusers_loop<heun_sampler<T>, T> {
 public:
+    /// Heun on `schedule` (which must outlive the sampler). Throws `value_error` for
+    /// `o.x0.thresholding` (diffusers' Heun has clipping only).
     heun_sampler(ops::op_context cx, const noise_schedule& schedule, heun_options o = {})
-        : cx_(cx), schedule_(&schedule), o_(o) {}
+        : cx_(cx), schedule_(&schedule), o_(o) {
+        if (o_.x0.thresholding)
+            throw value_error(cx_.module, "heun_sampler: x0.thresholding is not supported "
+                                          "(diffusers' Heun offers clip_sample only)");
+    }
 
+    /// Chooses the interleaved timesteps and sigmas (diffusers set_timesteps); throws as
+    /// `detail::make_ve_sigma_grid`, keeping the previous grid on a throw.
     void set_timesteps(int n) {
         const detail::ve_sigma_grid g = detail::make_ve_sigma_grid(
             *schedule_, n, o_.spacing, o_.steps_offset, o_.use_karras_sigmas);
-        timesteps_.assign(1, g.timesteps.front());
-        sigmas_.assign(1, g.sigmas.front());
+        std::vector<double> timesteps(1, g.timesteps.front()), sigmas(1, g.sigmas.front());
         for (std::size_t k = 1; k < g.timesteps.size(); ++k) {
-            timesteps_.insert(timesteps_.end(), 2, g.timesteps[k]);
-            sigmas_.insert(sigmas_.end(), 2, g.sigmas[k]);
+            timesteps.insert(timesteps.end(), 2, g.timesteps[k]);
+            sigmas.insert(sigmas.end(), 2, g.sigmas[k]);
         }
-        sigmas_.push_back(0.0);
+        sigmas.push_back(0.0);
+        timesteps_ = std::move(timesteps);  // commit (strong guarantee)
+        sigmas_ = std::move(sigmas);
         init_sigma_ = g.init_noise_sigma;
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
     /// The interleaved sigmas (2N values, see the class comment).
     std::span<const double> sigmas() const noexcept { return sigmas_; }
     /// 2N - 1.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return init_sigma_; }
 
     /// x / sqrt(sigmas()[i]^2 + 1) in this sampler's input buffer.
@@ -436,11 +444,14 @@ public:
                               "diffusers); use lower_order_final or final_sigma_type::sigma_min");
     }
 
-    /// Chooses the N timesteps and N + 1 sigmas (diffusers set_timesteps).
+    /// Chooses the N timesteps and N + 1 sigmas (diffusers set_timesteps). Throws as
+    /// `diffusion::timesteps`, and `value_error` when a sigma is infinite (zero terminal SNR
+    /// without terminal_alpha_cumprod); on a throw the sampler keeps its previous grid.
     void set_timesteps(int n) {
         const noise_schedule& s = *schedule_;
-        timesteps_ = diffusion::timesteps(s, n, c_.spacing, c_.steps_offset, true, true);
-        sigmas_.assign(timesteps_.size(), 0.0);
+        std::vector<double> timesteps =
+            diffusion::timesteps(s, n, c_.spacing, c_.steps_offset, true, true);
+        std::vector<double> sigmas(timesteps.size(), 0.0);
         if (c_.use_karras_sigmas) {
             const auto table = s.sigmas();
             const std::vector<double> k = karras_sigmas(table.front(), table.back(), n);
@@ -448,20 +459,26 @@ public:
                 !unipc_ && s.config().betas == beta_schedule::squaredcos_cap_v2;
             for (std::size_t i = 0; i < k.size(); ++i) {
                 const double t = s.sigma_to_t(k[i]);
-                timesteps_[i] = truncate ? std::trunc(t) : detail::round_half_even(t);
-                sigmas_[i] = detail::stored_sigma(s, k[i]);
+                timesteps[i] = truncate ? std::trunc(t) : detail::round_half_even(t);
+                sigmas[i] = detail::stored_sigma(s, k[i]);
             }
         } else {
-            for (std::size_t i = 0; i < timesteps_.size(); ++i)
-                sigmas_[i] = s.sigma_at(timesteps_[i]);
+            for (std::size_t i = 0; i < timesteps.size(); ++i)
+                sigmas[i] = s.sigma_at(timesteps[i]);
         }
-        sigmas_.push_back(c_.final_sigmas == final_sigma_type::zero ? 0.0 : s.sigmas().front());
+        sigmas.push_back(c_.final_sigmas == final_sigma_type::zero ? 0.0 : s.sigmas().front());
+        detail::check_finite_sigmas(sigmas);
+        timesteps_ = std::move(timesteps);  // commit (strong guarantee)
+        sigmas_ = std::move(sigmas);
         next_ = 0;
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
     /// sigma_0 .. sigma_{N-1}, final sigma (VE sigmas).
     std::span<const double> sigmas() const noexcept { return sigmas_; }
+    /// Number of model calls (steps) of one sample.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return 1.0; }
     /// The model input of call i: x itself (VP samplers do not scale).
     tensor_ref<const T> model_input(int, tensor_ref<const T> x) const noexcept { return x; }
@@ -710,32 +727,39 @@ public:
     }
 
     /// Chooses the timesteps (diffusers set_timesteps; see the class comment).
+    /// Throws as `diffusion::timesteps`, and `value_error` for n < 4 without skip_prk_steps;
+    /// on a throw the sampler keeps its previous grid.
     void set_timesteps(int n) {
         // b_0 > b_1 > ... > b_{N-1}: the N-grid in sampling order
         const std::vector<double> b =
             diffusion::timesteps(*schedule_, n, o_.spacing, o_.steps_offset);
-        ratio_ = schedule_->num_train_timesteps() / n;
-        if (o_.skip_prk_steps) {
-            prk_calls_ = 0;
-            timesteps_ = b;
-            if (n >= 2) timesteps_.insert(timesteps_.begin() + 2, b[1]);
-            next_ = 0;
-            return;
-        }
-        if (n < 4)
+        if (!o_.skip_prk_steps && n < 4)
             throw value_error(cx_.module, "pndm_sampler: the Runge-Kutta warm-up needs at least "
                                           "4 steps, got " + std::to_string(n) +
                                               " (or set skip_prk_steps)");
-        prk_calls_ = 12;
-        const double half = double(ratio_ / 2);
-        timesteps_.clear();
-        for (std::size_t k = 0; k < 3; ++k)  // RK4 block from b_k: b_k, b_{k+1} + r/2 (twice), b_{k+1}
-            timesteps_.insert(timesteps_.end(), {b[k], b[k + 1] + half, b[k + 1] + half, b[k + 1]});
-        timesteps_.insert(timesteps_.end(), b.begin() + 3, b.end());
+        const int ratio = schedule_->num_train_timesteps() / n;
+        std::vector<double> timesteps;
+        if (o_.skip_prk_steps) {
+            timesteps = b;
+            if (n >= 2) timesteps.insert(timesteps.begin() + 2, b[1]);
+        } else {
+            const double half = double(ratio / 2);
+            // RK4 block from b_k: b_k, b_{k+1} + r/2 (twice), b_{k+1}
+            for (std::size_t k = 0; k < 3; ++k)
+                timesteps.insert(timesteps.end(),
+                                 {b[k], b[k + 1] + half, b[k + 1] + half, b[k + 1]});
+            timesteps.insert(timesteps.end(), b.begin() + 3, b.end());
+        }
+        timesteps_ = std::move(timesteps);  // commit (strong guarantee)
+        ratio_ = ratio;
+        prk_calls_ = o_.skip_prk_steps ? 0 : 12;
         next_ = 0;
     }
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
     std::span<const double> timesteps() const noexcept { return timesteps_; }
+    /// Number of model calls (steps) of one sample.
     int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
     double init_noise_sigma() const noexcept { return 1.0; }
     tensor_ref<const T> model_input(int, tensor_ref<const T> x) const noexcept { return x; }
     tensor_ref<T> output_buffer(const extents& e) {

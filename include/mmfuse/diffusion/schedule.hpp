@@ -58,7 +58,9 @@ struct schedule_config {
     beta_schedule betas = beta_schedule::linear;
     /// Lin et al. 2023, Alg. 1: rescale so that alphas_cumprod[T-1] = 0 exactly.
     bool rescale_zero_terminal_snr = false;
-    /// Carried for the samplers; the tables do not depend on it.
+    /// Not read by `noise_schedule` nor by any sampler: each sampler's options struct has
+    /// its own `prediction`, which alone decides. A record of the model's parametrisation for
+    /// callers (e.g. examples/diffusion_digits.cpp passes it on to the sampler options).
     prediction_type prediction = prediction_type::epsilon;
     /// diffusers builds its tables in float32: reproduce that rounding when true, exact
     /// double when false.
@@ -212,6 +214,7 @@ public:
             detail::build_tables<double>(c, betas_, alphas_cumprod_, sigmas_, log_sigmas_);
     }
 
+    /// The configuration the tables were built from (as validated by the constructor).
     const schedule_config& config() const noexcept { return config_; }
     /// T.
     int num_train_timesteps() const noexcept { return config_.num_train_timesteps; }
@@ -284,7 +287,8 @@ private:
 ///   trailing  as the N-grid
 /// `steps_offset` applies to `leading` only (as in diffusers). PNDM's repeated timestep and
 /// Heun's interleaving are the samplers' business. Throws `value_error` unless
-/// 1 <= steps <= T and steps_offset >= 0, and when a leading grid plus `steps_offset` would
+/// 1 <= steps <= T (steps <= T - 1 for the N+1 grid, whose points would otherwise repeat)
+/// and steps_offset >= 0, and when a leading grid plus `steps_offset` would
 /// reach past timestep T - 1 (diffusers would index out of its tables there).
 inline std::vector<double> timesteps(const noise_schedule& s, int steps, timestep_spacing spacing,
                                      int steps_offset = 0, bool n_plus_one_grid = false,
@@ -294,6 +298,10 @@ inline std::vector<double> timesteps(const noise_schedule& s, int steps, timeste
         throw value_error(detail::schedule_module, "timesteps: steps must lie in [1, " +
                                                        std::to_string(T) + "], got " +
                                                        std::to_string(steps));
+    if (n_plus_one_grid && steps > T - 1)  // N + 1 points on T timesteps: h = 0 somewhere
+        throw value_error(detail::schedule_module,
+                          "timesteps: the N+1 grid (DPM-Solver / UniPC) needs steps <= " +
+                              std::to_string(T - 1) + " (T - 1), got " + std::to_string(steps));
     if (steps_offset < 0)
         throw value_error(detail::schedule_module, "timesteps: steps_offset must be >= 0, got " +
                                                        std::to_string(steps_offset));
