@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "mmfuse/contrastive/head.hpp"
 #include "mmfuse/contrastive/logit_scale.hpp"
 #include "mmfuse/contrastive/pairwise.hpp"
 #include "mmfuse/nn/module.hpp"
@@ -25,18 +26,9 @@ namespace mmfuse::inline v0::contrastive {
 /// after each optimiser step (open_clip). A constant bias has no effect on this loss (its
 /// gradient is exactly 0), so the head has none.
 template <compute_type T = float>
-class clip_loss {
+class clip_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
-    explicit clip_loss(logit_scale_options scale = {}) : scale_(scale) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
+    explicit clip_loss(logit_scale_options scale = {}) : scaled_pair_head<T>(scale) {}
 
     /// Loss of the batch. image, text (B, D) with unit rows (B >= 1).
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
@@ -50,24 +42,11 @@ public:
                logits_.pass(cx, path_, d, direction::columns, {}, cx.training);
     }
 
-    /// Gradients of the last training-mode forward.
-    pair_gradients<T> backward(nn::step_context<T>& cx) {
-        pair_gradients<T> g = logits_.backward(cx, path_);
-        scale_.add_gradient(g.d_scale);
-        return g;
-    }
-
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
-    /// S = I T^T of the last forward (B, B), e.g. for retrieval metrics.
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
-
 private:
-    contrastive::logit_scale<T> scale_;
-    pairwise_logits<T> logits_;
-    std::string path_;
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
 };
 
 /// SigLIP's pairwise sigmoid loss over a batch of B matched pairs:
@@ -78,22 +57,21 @@ private:
 /// Parameters: "logit_scale" = theta (init ln 10), "logit_bias" = b (init -10; for small
 /// batches -ln(B - 1) is the principled start, contrastive.md 1.4).
 template <compute_type T = float>
-class siglip_loss {
+class siglip_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
     explicit siglip_loss(logit_scale_options scale = {.init = siglip_init_log_scale},
                          double init_bias = siglip_init_bias)
-        : scale_(scale), bias_(init_bias) {}
+        : scaled_pair_head<T>(scale), bias_(init_bias) {}
 
+    /// Names the path, "logit_scale" and "logit_bias".
     template <class V>
     void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
+        base::visit(v);
         bias_.visit(v);
     }
+    /// theta and b = their initial values.
     void reset_parameters(philox_generator& g) {
-        scale_.reset_parameters(g);
+        base::reset_parameters(g);
         bias_.reset_parameters(g);
     }
 
@@ -127,28 +105,23 @@ public:
         return logits_.pass(cx, path_, d, direction::rows, targets, cx.training);
     }
 
-    /// Gradients of the last training-mode forward.
+    /// Gradients of the last training-mode forward; adds dl/dtheta and dl/db into their
+    /// parameters.
     pair_gradients<T> backward(nn::step_context<T>& cx) {
-        pair_gradients<T> g = logits_.backward(cx, path_);
-        scale_.add_gradient(g.d_scale);
+        pair_gradients<T> g = base::backward(cx);
         bias_.add_gradient(g.d_bias);
         return g;
     }
 
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
     /// The additive bias b ("logit_bias").
     contrastive::logit_bias<T>& logit_bias() noexcept { return bias_; }
-    /// S = I T^T of the last forward (B, B), before scale and bias.
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:
-    contrastive::logit_scale<T> scale_;
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
     contrastive::logit_bias<T> bias_;
-    pairwise_logits<T> logits_;
-    std::string path_;
 };
 
 }  // namespace mmfuse::inline v0::contrastive

@@ -23,6 +23,7 @@
 #include <string_view>
 
 #include "mmfuse/contrastive/clip.hpp"
+#include "mmfuse/contrastive/head.hpp"
 #include "mmfuse/contrastive/logit_scale.hpp"
 #include "mmfuse/contrastive/pairwise.hpp"
 #include "mmfuse/core/error.hpp"
@@ -72,20 +73,11 @@ tensor<bool> same_label_mask(std::span<const Label> row_labels, std::span<const 
 ///   backward: -> {d image, d text}; adds dl/dtheta into "logit_scale".grad
 /// Parameter "logit_scale" (open_clip defaults: init ln(1/0.07), clamp after the step).
 template <compute_type T = float>
-class multi_positive_loss {
+class multi_positive_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
     explicit multi_positive_loss(logit_scale_options scale = {},
                                  symmetric_reduction directions = symmetric_reduction::mean)
-        : scale_(scale), directions_(directions) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
+        : scaled_pair_head<T>(scale), directions_(directions) {}
 
     /// Loss of the batch. image, text (B, D) unit rows; positives (B, B), any strides.
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text,
@@ -111,25 +103,12 @@ public:
                logits_.pass(cx, path_, d, direction::columns, q_cols, cx.training);
     }
 
-    /// Gradients of the last training-mode forward.
-    pair_gradients<T> backward(nn::step_context<T>& cx) {
-        pair_gradients<T> g = logits_.backward(cx, path_);
-        scale_.add_gradient(g.d_scale);
-        return g;
-    }
-
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
-    /// S = I T^T of the last forward (B, B), before the scale.
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
-
 private:
-    contrastive::logit_scale<T> scale_;
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
     symmetric_reduction directions_;
-    pairwise_logits<T> logits_;
-    std::string path_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -151,18 +130,9 @@ struct negclip_gradients : pair_gradients<T> {
 ///   backward: -> {d image, d text, d hard_negatives}; adds dl/dtheta into "logit_scale".grad
 /// Parameter "logit_scale" (open_clip defaults).
 template <compute_type T = float>
-class negclip_loss {
+class negclip_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
-    explicit negclip_loss(logit_scale_options scale = {}) : scale_(scale) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
+    explicit negclip_loss(logit_scale_options scale = {}) : scaled_pair_head<T>(scale) {}
 
     /// Loss of the batch. image, text (B, D) unit rows; hard_negatives (N, D) unit rows, or
     /// `{}` (an empty view) for N = 0.
@@ -206,18 +176,12 @@ public:
         return r;
     }
 
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
-    /// S = I [T; T_neg]^T of the last forward, (B, B + N).
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
-
 private:
-    contrastive::logit_scale<T> scale_;
-    pairwise_logits<T> logits_;
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
     index_t batch_ = 0, negatives_ = 0;
-    std::string path_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -256,21 +220,12 @@ constexpr hn_nce_options dcl_options(
 /// Parameter "logit_scale" (open_clip defaults). Throws `value_error` for alpha < 0 or a
 /// non-finite alpha / beta.
 template <compute_type T = float>
-class hn_nce_loss {
+class hn_nce_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
     explicit hn_nce_loss(hn_nce_options o = {}, logit_scale_options scale = {})
-        : o_(o), scale_(scale) {
+        : scaled_pair_head<T>(scale), o_(o) {
         ops::check_hn_nce("hn_nce_loss", descriptor(), 2);  // B >= 2 is checked per batch
     }
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
 
     /// Loss of the batch. image, text (B, D) unit rows, B >= 2 (one negative at least).
     double forward(nn::step_context<T>& cx, tensor_ref<const T> image, tensor_ref<const T> text) {
@@ -286,23 +241,14 @@ public:
                logits_.pass(cx, path_, d, direction::columns, {}, cx.training);
     }
 
-    /// Gradients of the last training-mode forward.
-    pair_gradients<T> backward(nn::step_context<T>& cx) {
-        pair_gradients<T> g = logits_.backward(cx, path_);
-        scale_.add_gradient(g.d_scale);
-        return g;
-    }
-
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
     /// The settings given at construction.
     const hn_nce_options& options() const noexcept { return o_; }
-    /// S = I T^T of the last forward (B, B), before the scale.
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
 
 private:
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
     /// The `logit_loss` settings of both directions, before scale and grad_scale.
     ops::logit_loss_desc descriptor() const noexcept {
         ops::logit_loss_desc d;
@@ -314,9 +260,6 @@ private:
     }
 
     hn_nce_options o_;
-    contrastive::logit_scale<T> scale_;
-    pairwise_logits<T> logits_;
-    std::string path_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -343,18 +286,9 @@ struct distill_losses {
 ///             adds dl/dtheta into "logit_scale".grad
 /// Parameter "logit_scale" (open_clip defaults).
 template <compute_type T = float>
-class distill_clip_loss {
+class distill_clip_loss : public scaled_pair_head<T> {
 public:
-    using value_type = T;
-
-    explicit distill_clip_loss(logit_scale_options scale = {}) : scale_(scale) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        scale_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { scale_.reset_parameters(g); }
+    explicit distill_clip_loss(logit_scale_options scale = {}) : scaled_pair_head<T>(scale) {}
 
     /// Both terms of the batch's loss.
     distill_losses forward(nn::step_context<T>& cx, tensor_ref<const T> image,
@@ -396,25 +330,11 @@ public:
         return l;
     }
 
-    /// Gradient of contrastive + distill w.r.t. the student embeddings of the last
-    /// training-mode forward; adds dl/dtheta into "logit_scale".grad.
-    pair_gradients<T> backward(nn::step_context<T>& cx) {
-        pair_gradients<T> g = logits_.backward(cx, path_);
-        scale_.add_gradient(g.d_scale);
-        return g;
-    }
-
-    /// open_clip's post-step clamp of theta (call after every optimiser step).
-    void clamp() { scale_.clamp(); }
-    /// The temperature: theta = log s ("logit_scale").
-    contrastive::logit_scale<T>& logit_scale() noexcept { return scale_; }
-    /// S = I T^T of the last forward (B, B), before the scale.
-    tensor_ref<const T> similarities() const noexcept { return logits_.s(); }
-
 private:
-    contrastive::logit_scale<T> scale_;
-    pairwise_logits<T> logits_;
-    std::string path_;
+    using base = scaled_pair_head<T>;
+    using base::logits_;
+    using base::path_;
+    using base::scale_;
 };
 
 }  // namespace mmfuse::inline v0::contrastive
