@@ -16,6 +16,7 @@
 #include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/gather.hpp"
 #include "mmfuse/ops/layout.hpp"
+#include "mmfuse/ops/loss.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
 #include "mmfuse/ops/pointwise.hpp"
@@ -255,8 +256,7 @@ std::vector<op_case> all_cases() {
         auto& kp = r.mask({2, 1, 1, 6}, 0.7);
         auto& o = r.output<T>({2, 2, 4, 3});
         auto& lse = r.output<T>({2, 2, 4});
-        ops::attention(r.stream, q.cref(), k.cref(), v.cref(), o.ref(), lse.ref(), att,
-                       kp.cref());
+        ops::attention(r.stream, q.cref(), k.cref(), v.cref(), o.ref(), lse.ref(), att, kp.cref());
     });
     add("attention_backward, masked and causal", ops::attention_backward_desc{att},
         [att]<class T>(case_run& r) {
@@ -292,6 +292,39 @@ std::vector<op_case> all_cases() {
             ops::combine(r.stream, y.ref(), {x0.cref(), x1.cref(), x2.cref()}, {0.9, -0.4, 1.5},
                          0.3, {7, 1, 64});
         });
+
+    // ---- contrastive: L2 normalisation and the fused logit loss ----
+    add("l2_normalize", ops::l2_normalize_desc{}, []<class T>(case_run& r) {
+        auto& x = r.input<T>({3, 4, 5});
+        auto& y = r.output<T>({3, 4, 5});
+        auto& norm = r.output<T>({12});
+        ops::l2_normalize(r.stream, x.cref(), y.ref(), norm.ref());
+    });
+    add("l2_normalize_backward", ops::l2_normalize_backward_desc{}, []<class T>(case_run& r) {
+        auto& x = r.input<T>({4, 6});
+        auto& dy = r.input<T>({4, 6});
+        auto& y = r.output<T>({4, 6});
+        auto& norm = r.output<T>({4});
+        auto& dx = r.output<T>({4, 6});
+        ops::l2_normalize(r.stream, x.cref(), y.ref(), norm.ref());
+        ops::l2_normalize_backward(r.stream, y.cref(), dy.cref(), norm.cref(), dx.ref());
+    });
+    ops::logit_loss_desc ll;
+    ll.scale = 3.0;
+    ll.grad_scale = 0.25;
+    add("logit_loss, both directions of a CLIP step", ll, [ll]<class T>(case_run& r) {
+        auto& x = r.input<T>({5, 5});
+        auto& row_loss = r.output<T>({5});
+        auto& col_loss = r.output<T>({5});
+        auto& dx = r.output<T>({5, 5});
+        auto& row_stats = r.output<T>({5, 2});
+        auto& col_stats = r.output<T>({5, 2});
+        ops::logit_loss<T>(r.stream, ll, x.cref(), {}, row_loss.ref(), dx.ref(), row_stats.ref());
+        ops::logit_loss_desc cols = ll;
+        cols.accumulate = true;
+        ops::logit_loss<T>(r.stream, cols, x.cref().transpose(0, 1), {}, col_loss.ref(),
+                           dx.ref().transpose(0, 1), col_stats.ref());
+    });
     return cs;
 }
 
