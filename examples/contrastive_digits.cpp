@@ -72,6 +72,7 @@
 #include <vector>
 
 #include "common/digits.hpp"
+#include "common/flags.hpp"
 #include "common/png.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/clip.hpp"
@@ -267,25 +268,6 @@ mf::tensor<float> keep(mf::tensor_ref<const float> x) {
     return t;
 }
 
-// The value of a numeric flag: a whole number >= 0, else std::invalid_argument naming it.
-std::uint64_t whole_number(const std::string& flag, const std::string& text) {
-    std::size_t used = 0;
-    std::uint64_t v = 0;
-    try {
-        if (!text.empty() && text[0] != '-') v = std::stoull(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used == 0 || used != text.size()) {
-        std::string m = flag;
-        m += " needs a whole number, got '";
-        m += text;
-        m += "'";
-        throw std::invalid_argument(m);
-    }
-    return v;
-}
-
 int run(int argc, char** argv) {
     index_t epochs = 20;
     std::uint64_t seed = 1;
@@ -312,11 +294,11 @@ int run(int argc, char** argv) {
             return 2;
         }
         if (arg == "--epochs")
-            epochs = index_t(whole_number(arg, argv[++i]));
+            epochs = index_t(examples::whole_number(arg, argv[++i]));
         else if (arg == "--seed")
-            seed = whole_number(arg, argv[++i]);
+            seed = examples::whole_number(arg, argv[++i]);
         else if (arg == "--threads")
-            threads = int(std::min<std::uint64_t>(whole_number(arg, argv[++i]), 1024));
+            threads = int(std::min<std::uint64_t>(examples::whole_number(arg, argv[++i]), 1024));
         else if (arg == "--data")
             data = argv[++i];
         else if (arg == "--out")

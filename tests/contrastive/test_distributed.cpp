@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "contrastive/contrastive_support.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/clip.hpp"
 #include "mmfuse/contrastive/distributed.hpp"
@@ -27,6 +28,7 @@ namespace {
 using namespace mmfuse;
 using contrastive::clip_distribution;
 using mmfuse_test::make_rng;
+using mmfuse_test::named_head;
 
 constexpr double nan = std::numeric_limits<double>::quiet_NaN();
 
@@ -36,21 +38,6 @@ using endpoint = typename contrastive::local_group<T>::endpoint;
 static_assert(contrastive::communicator<endpoint<float>, float>);
 static_assert(contrastive::communicator<endpoint<double>, double>);
 static_assert(!contrastive::communicator<endpoint<float>, double>);
-
-/// Wraps a head as the child "head" of the root, so that its path (in errors) is "head".
-template <class H>
-struct named_head {
-    using value_type = typename H::value_type;
-    H inner;
-
-    template <class... A>
-    explicit named_head(A&&... a) : inner(std::forward<A>(a)...) {}
-    template <class V>
-    void visit(V& v) {
-        v.child("head", inner);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-};
 
 /// One rank's (or the single process's) step: its own stream and a workspace whose bytes
 /// are all 0xFF (NaN in float and double), so an output element never written shows as NaN.

@@ -19,6 +19,7 @@
 #include <random>
 #include <vector>
 
+#include "contrastive/contrastive_support.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/binding.hpp"
 #include "mmfuse/contrastive/clip.hpp"
@@ -32,39 +33,10 @@
 
 using namespace mmfuse;
 using namespace mmfuse::contrastive;
+using mmfuse_test::named_head;
+using mmfuse_test::unit_rows;
 
 namespace {
-
-/// A head as the child "head" of the root (parameters "head.logit_scale", ...).
-template <class H>
-struct named_head {
-    using value_type = typename H::value_type;
-    H inner;
-    template <class... A>
-    explicit named_head(A&&... a) : inner(std::forward<A>(a)...) {}
-    template <class V>
-    void visit(V& v) {
-        v.child("head", inner);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-};
-
-/// rows x d Gaussian rows of unit length.
-tensor<float> unit_rows(std::mt19937_64& rng, index_t rows, index_t d) {
-    std::normal_distribution<double> n(0.0, 1.0);
-    tensor<float> x(extents{rows, d});
-    for (index_t r = 0; r < rows; ++r) {
-        std::vector<double> v(static_cast<std::size_t>(d));
-        double norm = 0.0;
-        for (double& e : v) {
-            e = n(rng);
-            norm += e * e;
-        }
-        for (index_t k = 0; k < d; ++k)
-            x[r * d + k] = float(v[std::size_t(k)] / std::sqrt(norm));
-    }
-    return x;
-}
 
 /// Skips (exit code 4) under AddressSanitizer; otherwise checks that the counters see a
 /// `new` and (on glibc) a `malloc`.
@@ -133,10 +105,11 @@ TEST_CASE("a steady-state step of every contrastive head allocates nothing",
     require_counting_works();
     auto rng = mmfuse_test::make_rng(905);
     constexpr index_t b = 8, d = 16, negatives = 3;
-    const tensor<float> image = unit_rows(rng, b, d), text = unit_rows(rng, b, d);
-    const tensor<float> hard = unit_rows(rng, negatives, d);
-    const tensor<float> teacher_image = unit_rows(rng, b, 12), teacher_text = unit_rows(rng, b, 12);
-    const tensor<float> audio = unit_rows(rng, b, d);
+    const tensor<float> image = unit_rows<float>(rng, b, d), text = unit_rows<float>(rng, b, d);
+    const tensor<float> hard = unit_rows<float>(rng, negatives, d);
+    const tensor<float> teacher_image = unit_rows<float>(rng, b, 12),
+                        teacher_text = unit_rows<float>(rng, b, 12);
+    const tensor<float> audio = unit_rows<float>(rng, b, d);
     std::vector<int> labels(static_cast<std::size_t>(b));
     for (std::size_t i = 0; i < labels.size(); ++i)
         labels[i] = int(i % 3);
@@ -177,8 +150,8 @@ TEST_CASE("a steady-state step of the distributed heads allocates nothing on any
     auto rng = mmfuse_test::make_rng(906);
     std::vector<tensor<float>> images, texts;
     for (index_t r = 0; r < world; ++r) {
-        images.push_back(unit_rows(rng, b, d));
-        texts.push_back(unit_rows(rng, b, d));
+        images.push_back(unit_rows<float>(rng, b, d));
+        texts.push_back(unit_rows<float>(rng, b, d));
     }
     using endpoint = local_group<float>::endpoint;
     const auto count = [&](auto make) {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "contrastive/contrastive_support.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/binding.hpp"
 #include "mmfuse/contrastive/clip.hpp"
@@ -21,6 +22,7 @@
 
 using namespace mmfuse;
 using namespace mmfuse::contrastive;
+using mmfuse_test::unit_rows;
 
 namespace {
 
@@ -38,22 +40,6 @@ struct under {
     }
     void reset_parameters(philox_generator& g) { head.reset_parameters(g); }
 };
-
-/// rows x d Gaussian rows normalised to unit length (computed in double).
-tensor<double> unit_rows(std::mt19937_64& rng, index_t rows, index_t d) {
-    std::normal_distribution<double> n(0.0, 1.0);
-    tensor<double> x(extents{rows, d});
-    for (index_t r = 0; r < rows; ++r) {
-        double norm = 0.0;
-        for (index_t k = 0; k < d; ++k) {
-            x[r * d + k] = n(rng);
-            norm += x[r * d + k] * x[r * d + k];
-        }
-        for (index_t k = 0; k < d; ++k)
-            x[r * d + k] /= std::sqrt(norm);
-    }
-    return x;
-}
 
 /// A vector of move-only tensors (an initializer list would copy).
 template <class... Ts>
@@ -535,7 +521,8 @@ TEST_CASE("clip_loss matches the double-loop reference and central differences",
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(1);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double theta = uniform(rng, 1.0, 3.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta}};
     const double l = loss_at(clip_loss<double>{}, set, in, clip_objective<double>());
@@ -550,7 +537,8 @@ TEST_CASE("siglip_loss matches the double-loop reference and central differences
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(2);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double theta = uniform(rng, 1.0, 3.0), bias = uniform(rng, -3.0, 1.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta},
                                                           {"heads.logit_bias", bias}};
@@ -580,7 +568,8 @@ TEST_CASE("siglip_loss with a positives mask matches the reference, the identity
             pi_t[j * B + i] = pi[i * B + j];
             eye[i * B + j] = i == j;
         }
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double theta = uniform(rng, 1.0, 3.0), bias = uniform(rng, -3.0, 1.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta},
                                                           {"heads.logit_bias", bias}};
@@ -591,8 +580,8 @@ TEST_CASE("siglip_loss with a positives mask matches the reference, the identity
     const double lt = loss_at(siglip_loss<double>{}, set, in,
                               siglip_positives_objective<double>(mask.cref().transpose(0, 1)));
     CHECK(std::abs(lt - siglip_reference(in[0], in[1], std::exp(theta), bias, &pi_t)) <= 1e-12);
-    const auto r = gradcheck(siglip_loss<double>{}, set, in,
-                             siglip_positives_objective<double>(mask.cref()));
+    const auto r =
+        gradcheck(siglip_loss<double>{}, set, in, siglip_positives_objective<double>(mask.cref()));
     CHECK(r.inputs <= fd_tol);
     CHECK(r.parameters <= fd_tol);
     std::vector<double> pa, pb;
@@ -610,7 +599,8 @@ TEST_CASE("a scale clipped in the forward has zero theta gradient when saturated
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(3);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const logit_scale_options clipped{.clamp = scale_clamp::in_forward};
     SECTION("saturated: s = 100, dl/dtheta = 0 analytically and numerically") {
         const double theta = std::log(100.0) + uniform(rng, 0.05, 1.0);
@@ -644,7 +634,8 @@ TEST_CASE("multi_positive_loss matches the reference and central differences",
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(4);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const tensor<bool> pi = class_mask(rng, B, 2);
     const double theta = uniform(rng, 1.0, 3.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta}};
@@ -665,7 +656,8 @@ TEST_CASE("multi_positive_loss with an asymmetric mask and an empty row",
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(5);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     tensor<bool> pi(extents{B, B});
     for (index_t k = 0; k < B * B; ++k)
         pi[k] = rng() % 3 == 0;
@@ -685,7 +677,8 @@ TEST_CASE("multi_positive_loss with an asymmetric mask and an empty row",
 TEST_CASE("multi_positive_loss with the identity mask is clip_loss", "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(6);
     const auto [B, D] = batch_shape(rng);
-    const std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    const std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     tensor<bool> eye(extents{B, B});
     for (index_t i = 0; i < B; ++i)
         eye[i * B + i] = true;
@@ -712,7 +705,8 @@ TEST_CASE("negclip_loss matches the reference and central differences, hard nega
     for (const index_t n : {B, 1 + index_t(rng() % 5)}) {
         INFO("hard negatives " << n);
         std::vector<tensor<double>> in =
-            list(unit_rows(rng, B, D), unit_rows(rng, B, D), unit_rows(rng, n, D));
+            list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D),
+                 unit_rows<double>(rng, n, D));
         const double l = loss_at(negclip_loss<double>{}, set, in, negclip_objective<double>());
         CHECK(std::abs(l - negclip_reference(in[0], in[1], in[2], std::exp(theta))) <= 1e-12);
         const auto r = gradcheck(negclip_loss<double>{}, set, in, negclip_objective<double>());
@@ -725,8 +719,8 @@ TEST_CASE("negclip_loss matches the reference and central differences, hard nega
 TEST_CASE("negclip_loss without hard negatives is clip_loss", "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(8);
     const auto [B, D] = batch_shape(rng);
-    const std::vector<tensor<double>> in =
-        list(unit_rows(rng, B, D), unit_rows(rng, B, D), tensor<double>(extents{0, D}));
+    const std::vector<tensor<double>> in = list(
+        unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D), tensor<double>(extents{0, D}));
     const std::vector<std::pair<std::string, double>> set{
         {"heads.logit_scale", uniform(rng, 1, 4)}};
     std::vector<double> pa, pb;
@@ -770,7 +764,8 @@ TEST_CASE("hn_nce_loss matches the reference and central differences in both con
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(9);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double theta = uniform(rng, 1.0, 2.5);
     const double alpha = uniform(rng, 0.0, 1.5), beta = uniform(rng, 0.1, 1.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta}};
@@ -805,7 +800,8 @@ TEST_CASE("the two hn_nce weight conventions give different gradients for beta !
           "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(10);
     const auto [B, D] = batch_shape(rng);
-    const std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    const std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", 2.5}};
     const auto a = step(hn_nce_loss<double>({1.0, 0.5, hn_weights::in_graph}), set, in,
                         hn_nce_objective<double>());
@@ -819,7 +815,8 @@ TEST_CASE("hn_nce_loss with alpha 1 and beta 0 is clip_loss, sum is twice mean",
           "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(11);
     const auto [B, D] = batch_shape(rng);
-    const std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    const std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const std::vector<std::pair<std::string, double>> set{
         {"heads.logit_scale", uniform(rng, 1, 4)}};
     std::vector<double> pc;
@@ -844,7 +841,8 @@ TEST_CASE("dcl_options give the decoupled loss with the positive out of the deno
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(12);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double theta = uniform(rng, 1.0, 3.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", theta}};
     for (const auto red : {symmetric_reduction::mean, symmetric_reduction::sum}) {
@@ -865,8 +863,9 @@ TEST_CASE("distill_clip_loss matches open_clip's equations and central differenc
     auto rng = mmfuse_test::make_rng(13);
     const auto [B, D] = batch_shape(rng);
     const index_t Dt = 2 + index_t(rng() % 6);  // the teacher's own width
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D),
-                                          unit_rows(rng, B, Dt), unit_rows(rng, B, Dt));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D),
+             unit_rows<double>(rng, B, Dt), unit_rows<double>(rng, B, Dt));
     const double theta = uniform(rng, 1.0, 3.0), st = uniform(rng, 5.0, 50.0);
     nn::model<under<distill_clip_loss<double>>> m(
         under<distill_clip_loss<double>>{distill_clip_loss<double>{}}, 1);
@@ -891,7 +890,7 @@ TEST_CASE("distill_clip_loss with the student as its own teacher gives clip_loss
           "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(14);
     const auto [B, D] = batch_shape(rng);
-    const tensor<double> I = unit_rows(rng, B, D), T = unit_rows(rng, B, D);
+    const tensor<double> I = unit_rows<double>(rng, B, D), T = unit_rows<double>(rng, B, D);
     const double theta = uniform(rng, 1.0, 4.0), s = std::exp(theta);
     nn::model<under<distill_clip_loss<double>>> m(
         under<distill_clip_loss<double>>{distill_clip_loss<double>{}}, 1);
@@ -936,7 +935,7 @@ TEST_CASE("binding_loss sums per-modality CLIP losses with their own scales",
     const auto [B, D] = batch_shape(rng);
     std::vector<tensor<double>> in;
     for (int k = 0; k < 5; ++k)
-        in.push_back(unit_rows(rng, B, D));
+        in.push_back(unit_rows<double>(rng, B, D));
     const double text_theta = uniform(rng, 1.5, 3.0), tactile_theta = uniform(rng, 1.0, 2.5);
     const std::vector<std::pair<std::string, double>> set{
         {"heads.text.logit_scale", text_theta}, {"heads.tactile.logit_scale", tactile_theta}};
@@ -970,7 +969,8 @@ TEST_CASE("binding_loss: a saturated clipped scale gets zero gradient, one modal
           "[contrastive][objectives][gradcheck]") {
     auto rng = mmfuse_test::make_rng(16);
     const auto [B, D] = batch_shape(rng);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     SECTION("text at theta > ln 100") {
         const binding_loss<double> head({bound_modality::clipped("text")});
         const std::vector<std::pair<std::string, double>> set{
@@ -1042,7 +1042,8 @@ TEST_CASE("float32 at scale 100 stays finite and close to double for every objec
           "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(17);
     const index_t B = 8 + index_t(rng() % 9), D = 16 + index_t(rng() % 17);
-    std::vector<tensor<double>> in = list(unit_rows(rng, B, D), unit_rows(rng, B, D));
+    std::vector<tensor<double>> in =
+        list(unit_rows<double>(rng, B, D), unit_rows<double>(rng, B, D));
     const double ln100 = std::log(100.0);
     const std::vector<std::pair<std::string, double>> set{{"heads.logit_scale", ln100}};
     SECTION("clip") {
@@ -1059,7 +1060,7 @@ TEST_CASE("float32 at scale 100 stays finite and close to double for every objec
             in, set, [&pi]<class T>() { return multi_positive_objective<T>(pi); });
     }
     SECTION("negclip") {
-        in.push_back(unit_rows(rng, B, D));
+        in.push_back(unit_rows<double>(rng, B, D));
         float_close_to_double<negclip_loss>(in, set,
                                             []<class T>() { return negclip_objective<T>(); });
     }
@@ -1070,13 +1071,13 @@ TEST_CASE("float32 at scale 100 stays finite and close to double for every objec
                 hn_nce_options{0.5, 0.5, w});
     }
     SECTION("distill") {
-        in.push_back(unit_rows(rng, B, 12));
-        in.push_back(unit_rows(rng, B, 12));
+        in.push_back(unit_rows<double>(rng, B, 12));
+        in.push_back(unit_rows<double>(rng, B, 12));
         float_close_to_double<distill_clip_loss>(
             in, set, []<class T>() { return distill_objective<T>(100.0); });
     }
     SECTION("binding") {
-        in.push_back(unit_rows(rng, B, D));
+        in.push_back(unit_rows<double>(rng, B, D));
         float_close_to_double<binding_loss>(
             in, {{"heads.text.logit_scale", ln100}},
             []<class T>() { return binding_objective<T>(); },
@@ -1147,8 +1148,8 @@ void expect_error(F call, const std::string& fragment) {
 
 TEST_CASE("shape errors of the objectives name the module", "[contrastive][objectives]") {
     auto rng = mmfuse_test::make_rng(19);
-    const tensor<double> a = unit_rows(rng, 4, 3), b3 = unit_rows(rng, 3, 3),
-                         w5 = unit_rows(rng, 4, 5);
+    const tensor<double> a = unit_rows<double>(rng, 4, 3), b3 = unit_rows<double>(rng, 3, 3),
+                         w5 = unit_rows<double>(rng, 4, 5);
     workspace ws;
     ws.reset();
     nn::step_context<double> cx{&backend::default_stream(), &ws.arena, true};
@@ -1181,7 +1182,7 @@ TEST_CASE("shape errors of the objectives name the module", "[contrastive][objec
                                                 1);
         expect_error<shape_error>([&] { m.net().head.forward(cx, a.cref(), b3.cref()); },
                                   "hn_nce_loss");
-        const tensor<double> one = unit_rows(rng, 1, 3);
+        const tensor<double> one = unit_rows<double>(rng, 1, 3);
         expect_error<shape_error>([&] { m.net().head.forward(cx, one.cref(), one.cref()); },
                                   "B >= 2");
         CHECK_THROWS_AS(hn_nce_loss<double>({-0.5, 0.0}), value_error);

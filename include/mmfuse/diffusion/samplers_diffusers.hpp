@@ -70,8 +70,7 @@ public:
 
 /// Throws unless set_timesteps ran and 0 <= i < calls.
 inline void check_call(std::string_view module, int i, std::size_t calls) {
-    if (calls == 0)
-        throw value_error(module, "call set_timesteps(n) before sampling");
+    if (calls == 0) throw value_error(module, "call set_timesteps(n) before sampling");
     if (i < 0 || std::size_t(i) >= calls)
         throw value_error(module, "model call " + std::to_string(i) + " is outside [0, " +
                                       std::to_string(calls) + ")");
@@ -128,6 +127,52 @@ inline ve_sigma_grid make_ve_sigma_grid(const noise_schedule& s, int n, timestep
     return g;
 }
 
+/// What diffusers' VE-space samplers (Euler / Euler-ancestral, LMS, Heun) share: the op
+/// context, the schedule, the sigma grid, the state buffers (0 model output, 1 model input,
+/// then the sampler's own), the accessors over them and the scaled model input. `Derived`
+/// adds `set_timesteps`, `step` and a private `ensure(extents)` that sizes its buffers (it
+/// befriends this class).
+template <class Derived, compute_type T>
+class ve_grid_sampler : public diffusers_loop<Derived, T> {
+public:
+    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
+    std::span<const double> timesteps() const noexcept { return timesteps_; }
+    /// The sigmas of the calls, a final 0 appended (Heun: interleaved, see its comment).
+    std::span<const double> sigmas() const noexcept { return sigmas_; }
+    /// Number of model calls of one sample.
+    int calls() const noexcept { return int(timesteps_.size()); }
+    /// The std of the starting noise: x = init_noise_sigma() * z.
+    double init_noise_sigma() const noexcept { return init_sigma_; }
+
+    /// x / sqrt(sigmas()[i]^2 + 1) in the sampler's input buffer (what the model sees).
+    tensor_ref<const T> model_input(int i, tensor_ref<const T> x) {
+        check_call(cx_.module, i, timesteps_.size());
+        derived().ensure(x.extents());
+        const double s = sigmas_[std::size_t(i)];
+        lincomb<T>(cx_, bufs_[1], {x}, {1.0 / std::sqrt(s * s + 1.0)});
+        return bufs_[1];
+    }
+    /// The buffer the model writes its output of extents `e` into.
+    tensor_ref<T> output_buffer(const extents& e) {
+        derived().ensure(e);
+        return bufs_[0];
+    }
+
+protected:
+    /// `schedule` must outlive the sampler.
+    ve_grid_sampler(ops::op_context cx, const noise_schedule& schedule)
+        : cx_(cx), schedule_(&schedule) {}
+
+    ops::op_context cx_;
+    const noise_schedule* schedule_;
+    std::vector<double> timesteps_, sigmas_;
+    double init_sigma_ = 1.0;
+    state_buffers<T> bufs_;
+
+private:
+    Derived& derived() noexcept { return static_cast<Derived&>(*this); }
+};
+
 /// Applies `p` to x0 in place (host memory; `scratch` as `dynamic_threshold` needs).
 template <compute_type T>
 void process_x0(const x0_processing& p, tensor_ref<T> x0, std::vector<double>& scratch) {
@@ -172,8 +217,9 @@ class vp_ancestral_sampler : public detail::diffusers_loop<vp_ancestral_sampler<
 public:
     /// DDPM on `schedule` (which must outlive the sampler).
     vp_ancestral_sampler(ops::op_context cx, const noise_schedule& schedule, ddpm_options o)
-        : cx_(cx), schedule_(&schedule), ddim_(false),
-          o_{o.spacing, o.steps_offset, o.prediction, o.x0, true, 1.0, false} {}
+        : cx_(cx), schedule_(&schedule), ddim_(false), o_{o.spacing, o.steps_offset, o.prediction,
+                                                          o.x0,      true,           1.0,
+                                                          false} {}
     /// DDIM on `schedule` (which must outlive the sampler).
     vp_ancestral_sampler(ops::op_context cx, const noise_schedule& schedule, ddim_options o)
         : cx_(cx), schedule_(&schedule), ddim_(true), o_(o) {
@@ -222,9 +268,8 @@ public:
             const int prev = t - schedule_->num_train_timesteps() / steps_;
             ac_prev = prev >= 0 ? ac[std::size_t(prev)] : (o_.set_alpha_to_one ? 1.0 : ac[0]);
         } else {
-            const int prev = std::size_t(i) + 1 < timesteps_.size()
-                                 ? int(timesteps_[std::size_t(i) + 1])
-                                 : -1;
+            const int prev =
+                std::size_t(i) + 1 < timesteps_.size() ? int(timesteps_[std::size_t(i) + 1]) : -1;
             ac_prev = prev >= 0 ? ac[std::size_t(prev)] : 1.0;
         }
         const tensor_ref<T> x0 = bufs_[1], eps = bufs_[2];
@@ -300,11 +345,11 @@ struct euler_options {
     int steps_offset = 0;                                   ///< added to `leading` grids
     prediction_type prediction = prediction_type::epsilon;  ///< what the model outputs
     bool use_karras_sigmas = false;  ///< Karras sigmas between the grid's ends
-    bool ancestral = false;  ///< EulerAncestralDiscreteScheduler (eta = 1 split; no churn)
-    double s_churn = 0.0;    ///< Karras churn S_churn (gamma = min(S_churn / N, sqrt2 - 1))
-    double s_tmin = 0.0;     ///< churn only for sigma in [s_tmin, s_tmax]
+    bool ancestral = false;          ///< EulerAncestralDiscreteScheduler (eta = 1 split; no churn)
+    double s_churn = 0.0;            ///< Karras churn S_churn (gamma = min(S_churn / N, sqrt2 - 1))
+    double s_tmin = 0.0;             ///< churn only for sigma in [s_tmin, s_tmax]
     double s_tmax = std::numeric_limits<double>::infinity();  ///< see s_tmin
-    double s_noise = 1.0;    ///< scale of the churn noise (S_noise)
+    double s_noise = 1.0;  ///< scale of the churn noise (S_noise)
 };
 
 /// diffusers' Euler / Euler-ancestral schedulers (reference sections 3, 4.5, 4.6) in VE
@@ -315,10 +360,10 @@ struct euler_options {
 /// (sigma_{i+1} - sigma_hat). Euler-ancestral: x' = x + (x - x0)/sigma (sigma_down - sigma)
 /// + sigma_up z, one draw on every step (the last too).
 template <compute_type T>
-class euler_sampler : public detail::diffusers_loop<euler_sampler<T>, T> {
+class euler_sampler : public detail::ve_grid_sampler<euler_sampler<T>, T> {
 public:
     euler_sampler(ops::op_context cx, const noise_schedule& schedule, euler_options o = {})
-        : cx_(cx), schedule_(&schedule), o_(o) {
+        : detail::ve_grid_sampler<euler_sampler<T>, T>(cx, schedule), o_(o) {
         if (o_.ancestral && o_.prediction == prediction_type::sample)
             throw value_error(cx_.module,
                               "euler_sampler: the ancestral scheduler does not support "
@@ -333,27 +378,6 @@ public:
         timesteps_ = std::move(g.timesteps);
         sigmas_ = std::move(g.sigmas);
         init_sigma_ = g.init_noise_sigma;
-    }
-    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
-    std::span<const double> timesteps() const noexcept { return timesteps_; }
-    /// sigma_0 .. sigma_{N-1}, 0.
-    std::span<const double> sigmas() const noexcept { return sigmas_; }
-    /// Number of model calls (steps) of one sample.
-    int calls() const noexcept { return int(timesteps_.size()); }
-    /// The std of the starting noise: x = init_noise_sigma() * z.
-    double init_noise_sigma() const noexcept { return init_sigma_; }
-
-    /// x / sqrt(sigma_i^2 + 1) in this sampler's input buffer.
-    tensor_ref<const T> model_input(int i, tensor_ref<const T> x) {
-        detail::check_call(cx_.module, i, timesteps_.size());
-        ensure(x.extents());
-        const double s = sigmas_[std::size_t(i)];
-        lincomb<T>(cx_, bufs_[1], {x}, {1.0 / std::sqrt(s * s + 1.0)});
-        return bufs_[1];
-    }
-    tensor_ref<T> output_buffer(const extents& e) {
-        ensure(e);
-        return bufs_[0];
     }
     template <workspace_allocator A>
     void allocate_state(A& a, const extents& e) {
@@ -376,14 +400,14 @@ public:
             lincomb<T>(cx_, x, {cref(x), cref(x0)}, {1.0 + dt / s, -dt / s}, a.sigma_up, &z);
             return;
         }
-        const double gamma = o_.s_tmin <= s && s <= o_.s_tmax
-                                 ? std::min(o_.s_churn / double(calls()), std::sqrt(2.0) - 1.0)
-                                 : 0.0;
+        const double gamma =
+            o_.s_tmin <= s && s <= o_.s_tmax
+                ? std::min(o_.s_churn / double(this->calls()), std::sqrt(2.0) - 1.0)
+                : 0.0;
         const double s_hat = s * (gamma + 1.0);
         if (gamma > 0.0) {
             const noise_term<T> z = noise.next(x.extents());
-            lincomb<T>(cx_, x, {cref(x)}, {1.0}, o_.s_noise * std::sqrt(s_hat * s_hat - s * s),
-                       &z);
+            lincomb<T>(cx_, x, {cref(x)}, {1.0}, o_.s_noise * std::sqrt(s_hat * s_hat - s * s), &z);
         }
         const affine_coefficients c = ve_x0_coefficients(
             o_.prediction, o_.prediction == prediction_type::v_prediction ? s : s_hat);
@@ -393,16 +417,19 @@ public:
     }
 
 private:
+    friend class detail::ve_grid_sampler<euler_sampler<T>, T>;
+    using base = detail::ve_grid_sampler<euler_sampler<T>, T>;
+    using base::bufs_;  // 0 model output, 1 model input, 2 x0
+    using base::cx_;
+    using base::init_sigma_;
+    using base::schedule_;
+    using base::sigmas_;
+    using base::timesteps_;
     void ensure(const extents& e) {
         if (bufs_.count() != 3 || bufs_.shape() != e) bufs_.ensure(e, 3);
     }
 
-    ops::op_context cx_;
-    const noise_schedule* schedule_;
     euler_options o_;
-    std::vector<double> timesteps_, sigmas_;
-    double init_sigma_ = 1.0;
-    state_buffers<T> bufs_;  // 0 model output, 1 model input, 2 x0
 };
 
 }  // namespace mmfuse::inline v0::diffusion

@@ -55,7 +55,6 @@ inline void expect_in_order(std::string_view module, int i, int next) {
                                       std::to_string(next) + ", got " + std::to_string(i));
 }
 
-
 /// The VP level of a VE sigma as DPM-Solver / UniPC write it: alpha = 1/sqrt(sigma^2 + 1),
 /// sigma_t = sigma alpha, log-SNR lambda = log alpha - log sigma_t (+inf at sigma = 0).
 struct vp_level {
@@ -75,7 +74,8 @@ inline std::array<double, 3> solve_small(std::array<std::array<double, 3>, 3> a,
     for (int c = 0; c < n; ++c) {
         int p = c;
         for (int r = c + 1; r < n; ++r)
-            if (std::abs(a[std::size_t(r)][std::size_t(c)]) > std::abs(a[std::size_t(p)][std::size_t(c)]))
+            if (std::abs(a[std::size_t(r)][std::size_t(c)]) >
+                std::abs(a[std::size_t(p)][std::size_t(c)]))
                 p = r;
         std::swap(a[std::size_t(c)], a[std::size_t(p)]);
         std::swap(b[std::size_t(c)], b[std::size_t(p)]);
@@ -133,10 +133,10 @@ struct lms_options {
 /// q = min(i + 1, order) and c_j the Lagrange-basis integral `linear_multistep_weight` over
 /// [sigma_i, sigma_{i+1}] (no order reduction at the end). N model calls.
 template <compute_type T>
-class lms_sampler : public detail::diffusers_loop<lms_sampler<T>, T> {
+class lms_sampler : public detail::ve_grid_sampler<lms_sampler<T>, T> {
 public:
     lms_sampler(ops::op_context cx, const noise_schedule& schedule, lms_options o = {})
-        : cx_(cx), schedule_(&schedule), o_(o) {
+        : detail::ve_grid_sampler<lms_sampler<T>, T>(cx, schedule), o_(o) {
         if (o_.order < 1 || o_.order > 4)
             throw value_error(cx_.module, "lms_sampler: order must be in [1, 4], got " +
                                               std::to_string(o_.order));
@@ -151,27 +151,6 @@ public:
         sigmas_ = std::move(g.sigmas);
         init_sigma_ = g.init_noise_sigma;
         next_ = 0;
-    }
-    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
-    std::span<const double> timesteps() const noexcept { return timesteps_; }
-    /// sigma_0 .. sigma_{N-1}, 0.
-    std::span<const double> sigmas() const noexcept { return sigmas_; }
-    /// Number of model calls (steps) of one sample.
-    int calls() const noexcept { return int(timesteps_.size()); }
-    /// The std of the starting noise: x = init_noise_sigma() * z.
-    double init_noise_sigma() const noexcept { return init_sigma_; }
-
-    /// x / sqrt(sigma_i^2 + 1) in this sampler's input buffer.
-    tensor_ref<const T> model_input(int i, tensor_ref<const T> x) {
-        detail::check_call(cx_.module, i, timesteps_.size());
-        ensure(x.extents());
-        const double s = sigmas_[std::size_t(i)];
-        lincomb<T>(cx_, bufs_[1], {x}, {1.0 / std::sqrt(s * s + 1.0)});
-        return bufs_[1];
-    }
-    tensor_ref<T> output_buffer(const extents& e) {
-        ensure(e);
-        return bufs_[0];
     }
     template <workspace_allocator A>
     void allocate_state(A& a, const extents& e) {
@@ -201,18 +180,21 @@ public:
     }
 
 private:
+    friend class detail::ve_grid_sampler<lms_sampler<T>, T>;
+    using base = detail::ve_grid_sampler<lms_sampler<T>, T>;
+    using base::bufs_;  // 0 model output, 1 model input, 2.. derivatives (newest first)
+    using base::cx_;
+    using base::init_sigma_;
+    using base::schedule_;
+    using base::sigmas_;
+    using base::timesteps_;
     int buffer_count() const noexcept { return 2 + o_.order; }
     void ensure(const extents& e) {
         if (bufs_.count() != buffer_count() || bufs_.shape() != e) bufs_.ensure(e, buffer_count());
     }
 
-    ops::op_context cx_;
-    const noise_schedule* schedule_;
     lms_options o_;
-    std::vector<double> timesteps_, sigmas_;
-    double init_sigma_ = 1.0;
     int next_ = 0;
-    state_buffers<T> bufs_;  // 0 model output, 1 model input, 2.. derivatives (newest first)
 };
 
 // ------------------------------------------------------------------------------------------
@@ -246,15 +228,16 @@ struct heun_options {
 /// at s_{k+1}, on that predictor): x0 uses s_{k+1}, d2 = (x - x0)/s_{k+1}, x' = x_saved +
 /// (d1 + d2)/2 dt. The last interval (to 0) is the Euler half only.
 template <compute_type T>
-class heun_sampler : public detail::diffusers_loop<heun_sampler<T>, T> {
+class heun_sampler : public detail::ve_grid_sampler<heun_sampler<T>, T> {
 public:
     /// Heun on `schedule` (which must outlive the sampler). Throws `value_error` for
     /// `o.x0.thresholding` (diffusers' Heun has clipping only).
     heun_sampler(ops::op_context cx, const noise_schedule& schedule, heun_options o = {})
-        : cx_(cx), schedule_(&schedule), o_(o) {
+        : detail::ve_grid_sampler<heun_sampler<T>, T>(cx, schedule), o_(o) {
         if (o_.x0.thresholding)
-            throw value_error(cx_.module, "heun_sampler: x0.thresholding is not supported "
-                                          "(diffusers' Heun offers clip_sample only)");
+            throw value_error(cx_.module,
+                              "heun_sampler: x0.thresholding is not supported "
+                              "(diffusers' Heun offers clip_sample only)");
     }
 
     /// Chooses the interleaved timesteps and sigmas (diffusers set_timesteps); throws as
@@ -271,27 +254,6 @@ public:
         timesteps_ = std::move(timesteps);  // commit (strong guarantee)
         sigmas_ = std::move(sigmas);
         init_sigma_ = g.init_noise_sigma;
-    }
-    /// The model timesteps of calls 0 .. calls()-1 (empty before set_timesteps).
-    std::span<const double> timesteps() const noexcept { return timesteps_; }
-    /// The interleaved sigmas (2N values, see the class comment).
-    std::span<const double> sigmas() const noexcept { return sigmas_; }
-    /// 2N - 1.
-    int calls() const noexcept { return int(timesteps_.size()); }
-    /// The std of the starting noise: x = init_noise_sigma() * z.
-    double init_noise_sigma() const noexcept { return init_sigma_; }
-
-    /// x / sqrt(sigmas()[i]^2 + 1) in this sampler's input buffer.
-    tensor_ref<const T> model_input(int i, tensor_ref<const T> x) {
-        detail::check_call(cx_.module, i, timesteps_.size());
-        ensure(x.extents());
-        const double s = sigmas_[std::size_t(i)];
-        lincomb<T>(cx_, bufs_[1], {x}, {1.0 / std::sqrt(s * s + 1.0)});
-        return bufs_[1];
-    }
-    tensor_ref<T> output_buffer(const extents& e) {
-        ensure(e);
-        return bufs_[0];
     }
     template <workspace_allocator A>
     void allocate_state(A& a, const extents& e) {
@@ -334,6 +296,14 @@ public:
     }
 
 private:
+    friend class detail::ve_grid_sampler<heun_sampler<T>, T>;
+    using base = detail::ve_grid_sampler<heun_sampler<T>, T>;
+    using base::bufs_;  // 0 model output, 1 model input, 2 x0, 3 saved sample, 4 d1
+    using base::cx_;
+    using base::init_sigma_;
+    using base::schedule_;
+    using base::sigmas_;
+    using base::timesteps_;
     void ensure(const extents& e) {
         if (bufs_.count() != 5 || bufs_.shape() != e) {
             bufs_.ensure(e, 5);
@@ -341,13 +311,8 @@ private:
         }
     }
 
-    ops::op_context cx_;
-    const noise_schedule* schedule_;
     heun_options o_;
-    std::vector<double> timesteps_, sigmas_;
-    double init_sigma_ = 1.0;
     int next_ = 0;
-    state_buffers<T> bufs_;  // 0 model output, 1 model input, 2 x0, 3 saved sample, 4 d1
     std::vector<double> scratch_;
 };
 
@@ -422,17 +387,22 @@ class vp_multistep_sampler : public detail::diffusers_loop<vp_multistep_sampler<
 public:
     /// DPM-Solver++ multistep on `schedule` (which must outlive the sampler).
     vp_multistep_sampler(ops::op_context cx, const noise_schedule& schedule, dpm_solver_options o)
-        : cx_(cx), schedule_(&schedule), unipc_(false),
-          c_{o.spacing, o.steps_offset, o.prediction, o.solver_order, o.lower_order_final,
-             o.use_karras_sigmas, o.final_sigmas, o.x0},
-          dpm_type_(o.solver_type), euler_at_final_(o.euler_at_final) {
+        : cx_(cx),
+          schedule_(&schedule),
+          unipc_(false),
+          c_{o.spacing,           o.steps_offset,      o.prediction,   o.solver_order,
+             o.lower_order_final, o.use_karras_sigmas, o.final_sigmas, o.x0},
+          dpm_type_(o.solver_type),
+          euler_at_final_(o.euler_at_final) {
         check_order("dpm_solver_sampler");
     }
     /// UniPC on `schedule` (which must outlive the sampler).
     vp_multistep_sampler(ops::op_context cx, const noise_schedule& schedule, unipc_options o)
-        : cx_(cx), schedule_(&schedule), unipc_(true),
-          c_{o.spacing, o.steps_offset, o.prediction, o.solver_order, o.lower_order_final,
-             o.use_karras_sigmas, o.final_sigmas, o.x0},
+        : cx_(cx),
+          schedule_(&schedule),
+          unipc_(true),
+          c_{o.spacing,           o.steps_offset,      o.prediction,   o.solver_order,
+             o.lower_order_final, o.use_karras_sigmas, o.final_sigmas, o.x0},
           bh2_(o.solver_type == unipc_solver_type::bh2),
           disable_corrector_(std::move(o.disable_corrector)) {
         check_order("unipc_sampler");
@@ -455,8 +425,7 @@ public:
         if (c_.use_karras_sigmas) {
             const auto table = s.sigmas();
             const std::vector<double> k = karras_sigmas(table.front(), table.back(), n);
-            const bool truncate =
-                !unipc_ && s.config().betas == beta_schedule::squaredcos_cap_v2;
+            const bool truncate = !unipc_ && s.config().betas == beta_schedule::squaredcos_cap_v2;
             for (std::size_t i = 0; i < k.size(); ++i) {
                 const double t = s.sigma_to_t(k[i]);
                 timesteps[i] = truncate ? std::trunc(t) : detail::round_half_even(t);
@@ -553,8 +522,8 @@ private:
     void dpm_step(int i, tensor_ref<T> x) {
         const int n = calls();
         const bool final_zero = c_.final_sigmas == final_sigma_type::zero;
-        const bool first_final = i == n - 1 && (euler_at_final_ ||
-                                                (c_.lower_order_final && n < 15) || final_zero);
+        const bool first_final =
+            i == n - 1 && (euler_at_final_ || (c_.lower_order_final && n < 15) || final_zero);
         const bool second_final = i == n - 2 && c_.lower_order_final && n < 15;
         const int order = c_.solver_order;
         const int p = (order == 1 || lower_order_nums_ < 1 || first_final)    ? 1
@@ -572,9 +541,8 @@ private:
         } else if (p == 2) {
             const double r0 = (s0.lambda - detail::level_of(sigmas_[k - 1]).lambda) / h;
             // D0 = m0, D1 = (m0 - m1)/r0
-            const double d1 = dpm_type_ == dpm_solver_type::midpoint
-                                  ? -0.5 * t.alpha * phi
-                                  : t.alpha * (phi / h + 1.0);
+            const double d1 = dpm_type_ == dpm_solver_type::midpoint ? -0.5 * t.alpha * phi
+                                                                     : t.alpha * (phi / h + 1.0);
             terms.add(history(0), -t.alpha * phi + d1 / r0);
             terms.add(history(1), -d1 / r0);
         } else {
@@ -722,8 +690,9 @@ public:
     pndm_sampler(ops::op_context cx, const noise_schedule& schedule, pndm_options o = {})
         : cx_(cx), schedule_(&schedule), o_(o) {
         if (o_.prediction == prediction_type::sample)
-            throw value_error(cx_.module, "pndm_sampler: prediction_type sample is not supported "
-                                          "(as diffusers): use epsilon or v_prediction");
+            throw value_error(cx_.module,
+                              "pndm_sampler: prediction_type sample is not supported "
+                              "(as diffusers): use epsilon or v_prediction");
     }
 
     /// Chooses the timesteps (diffusers set_timesteps; see the class comment).
@@ -734,9 +703,10 @@ public:
         const std::vector<double> b =
             diffusion::timesteps(*schedule_, n, o_.spacing, o_.steps_offset);
         if (!o_.skip_prk_steps && n < 4)
-            throw value_error(cx_.module, "pndm_sampler: the Runge-Kutta warm-up needs at least "
-                                          "4 steps, got " + std::to_string(n) +
-                                              " (or set skip_prk_steps)");
+            throw value_error(cx_.module,
+                              "pndm_sampler: the Runge-Kutta warm-up needs at least "
+                              "4 steps, got " +
+                                  std::to_string(n) + " (or set skip_prk_steps)");
         const int ratio = schedule_->num_train_timesteps() / n;
         std::vector<double> timesteps;
         if (o_.skip_prk_steps) {
@@ -859,8 +829,8 @@ private:
         const double a_t = ac[std::size_t(t)];
         const double a_p = prev >= 0 ? ac[std::size_t(prev)] : (o_.set_alpha_to_one ? 1.0 : ac[0]);
         const double c_x = std::sqrt(a_p / a_t);
-        const double c_e = (a_p - a_t) / (a_t * std::sqrt(1.0 - a_p) +
-                                          std::sqrt(a_t * (1.0 - a_t) * a_p));
+        const double c_e =
+            (a_p - a_t) / (a_t * std::sqrt(1.0 - a_p) + std::sqrt(a_t * (1.0 - a_t) * a_p));
         // eps = sqrt(a_t) v + sqrt(1 - a_t) x for v models
         const bool v = o_.prediction == prediction_type::v_prediction;
         detail::term_list<T, 7> terms;
