@@ -6,22 +6,21 @@
 /// matrix product on `Eigen::Map`s of the caller's memory; everything else is written as
 /// plain loops over strided rows. Never allocates in `execute` except where a kernel
 /// documents it.
+///
+/// Header-only by default: `eigen_stream::execute`, which instantiates every kernel for
+/// every dtype, is defined inline in `eigen/execute.hpp` and included from here. That costs
+/// ~20 s of compile time in every translation unit that includes the registry. A program
+/// can compile it once instead: define `MMFUSE_EIGEN_EXTERN_KERNELS` for every translation
+/// unit and include `mmfuse/backend/eigen/execute.hpp` in exactly one of them (mmfuse's own
+/// tests, examples and benchmarks do this; see docs/design.md, "Compile time").
 
 #include <memory>
 #include <span>
 #include <variant>
 
+#include <string>
+
 #include "mmfuse/backend/device.hpp"
-#include "mmfuse/backend/eigen/attention.hpp"
-#include "mmfuse/backend/eigen/gather.hpp"
-#include "mmfuse/backend/eigen/layout.hpp"
-#include "mmfuse/backend/eigen/loss.hpp"
-#include "mmfuse/backend/eigen/matmul.hpp"
-#include "mmfuse/backend/eigen/norm.hpp"
-#include "mmfuse/backend/eigen/pointwise.hpp"
-#include "mmfuse/backend/eigen/random.hpp"
-#include "mmfuse/backend/eigen/reduce.hpp"
-#include "mmfuse/backend/eigen/softmax.hpp"
 
 namespace mmfuse::inline v0::backend::eigen {
 
@@ -32,15 +31,10 @@ class eigen_stream final : public stream {
 public:
     explicit eigen_stream(eigen_device& d) noexcept : device_(&d) {}
     backend::device& device() noexcept override;
+    /// Validates operand counts and memory spaces, then runs the op's kernel
+    /// (defined in eigen/execute.hpp).
     void execute(const ops::op_desc& op, std::span<const any_tensor_ref> inputs,
-                 std::span<const any_tensor_ref> outputs) override {
-        check_operand_count("eigen", op, inputs, outputs);
-        for (const any_tensor_ref& t : inputs)
-            check_host(op, t);
-        for (const any_tensor_ref& t : outputs)
-            check_host(op, t);
-        std::visit([&](const auto& d) { run(d, inputs, outputs); }, op);
-    }
+                 std::span<const any_tensor_ref> outputs) override;
     void synchronize() override {}
 
 private:
@@ -84,3 +78,7 @@ inline backend::device& eigen_stream::device() noexcept {
 }
 
 }  // namespace mmfuse::inline v0::backend::eigen
+
+#if !defined(MMFUSE_EIGEN_EXTERN_KERNELS)
+#include "mmfuse/backend/eigen/execute.hpp"
+#endif
