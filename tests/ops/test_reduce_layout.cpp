@@ -350,6 +350,30 @@ TEST_CASE("copy rounds like the storage types and keeps NaN and infinity", "[ops
     REQUIRE(std::isinf(float(yh[2])));
 }
 
+TEST_CASE("copy turns a bool mask into 0 / 1 weights of every float type, any strides",
+          "[ops][layout]") {
+    auto& s = backend::default_stream();
+    std::mt19937_64 rng = make_rng(4101);
+    const std::vector<double> bits = bernoulli_values(rng, 4 * 5, 0.5);
+    tensor<bool> m({4, 5});
+    for (index_t i = 0; i < m.numel(); ++i)
+        m[i] = bits[std::size_t(i)] != 0.0;
+    REQUIRE(s.device().supports(ops::copy_desc{}, dtype::boolean));
+    const auto check = [&]<class D>() {
+        // A transposed (strided) source into a contiguous (5, 4) output.
+        tensor<D> y({5, 4});
+        if constexpr (std::is_floating_point_v<D>) poison(y);
+        ops::copy(s, m.cref().transpose(0, 1), y.ref());
+        for (index_t r = 0; r < 5; ++r)
+            for (index_t c = 0; c < 4; ++c)
+                REQUIRE(double(float(y[r * 4 + c])) == (m[c * 5 + r] ? 1.0 : 0.0));
+    };
+    check.operator()<float>();
+    check.operator()<double>();
+    check.operator()<bf16>();
+    check.operator()<half>();
+}
+
 TEST_CASE("copy rejects bad operands and the backend refuses other dtypes", "[ops][layout]") {
     auto& s = backend::default_stream();
     using Catch::Contains;

@@ -150,9 +150,11 @@ void split(const op_context& cx, int axis, tensor_ref<const std::type_identity_t
 
 /// y = x element by element: same extents, any strides on either side, converting between
 /// f32, f64, bf16 and f16 (to bf16 / f16 rounds to nearest even; f64 to bf16 / f16 goes
-/// through f32, as PyTorch does). y must not overlap x unless it is x.
+/// through f32, as PyTorch does), or from bool to any of them (false -> 0, true -> 1, as
+/// `mask.to(dtype)`: how a boolean mask becomes weights). y must not overlap x unless it is x.
 template <class S, class D>
-requires float_storage_type<S> && float_storage_type<D> &&
+requires(float_storage_type<S> || std::is_same_v<std::remove_const_t<S>, bool>) &&
+    float_storage_type<D> &&
     (!std::is_const_v<D>)void copy(const op_context& cx, tensor_ref<S> x, tensor_ref<D> y) {
     detail::expect_extents(cx, "copy output y", y, x.extents());
     detail::expect_data(cx, "copy input x", x);

@@ -2,7 +2,7 @@
 /// \file
 /// The Eigen reference backend: portable, always compiled in, and the oracle every other
 /// backend is parity-tested against. Synchronous host execution; f32 and f64 compute
-/// (`copy` also converts to and from bf16 and f16). GEMMs go through Eigen's
+/// (`copy` also converts to and from bf16 and f16, and from bool). GEMMs go through Eigen's
 /// matrix product on `Eigen::Map`s of the caller's memory; everything else is written as
 /// plain loops over strided rows. Never allocates in `execute` except where a kernel
 /// documents it.
@@ -61,7 +61,7 @@ public:
     bool supports(const ops::op_desc& op, dtype type) const noexcept override {
         if (type == dtype::f32 || type == dtype::f64) return true;
         return std::holds_alternative<ops::copy_desc>(op) &&
-               (type == dtype::bf16 || type == dtype::f16);
+               (type == dtype::bf16 || type == dtype::f16 || type == dtype::boolean);
     }
     stream& default_stream() override { return stream_; }
     std::unique_ptr<stream> create_stream() override {

@@ -83,9 +83,18 @@ inline void run(const ops::split_desc& d, std::span<const any_tensor_ref> in,
     });
 }
 
-/// copy_desc: in x; out y (same extents; f32, f64, bf16 and f16 in any combination).
+/// copy_desc: in x; out y (same extents; f32, f64, bf16 and f16 in any combination, or bool
+/// to any of them).
 inline void run(const ops::copy_desc&, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out) {
+    if (in[0].type() == dtype::boolean) {
+        detail::dispatch_float_storage(out[0].type(), "copy", [&]<class To>() {
+            map_elements(
+                out[0].as<To>(), [](bool v) { return To(v ? 1.0f : 0.0f); },
+                in[0].as<const bool>());
+        });
+        return;
+    }
     detail::dispatch_float_storage(in[0].type(), "copy", [&]<class From>() {
         detail::dispatch_float_storage(out[0].type(), "copy", [&]<class To>() {
             detail::copy_elements(out[0].as<To>(), in[0].as<const From>());
