@@ -1,2 +1,2 @@
 # Protocols, templates (early / late / hybrid / stages) and the parameter-free fusers.
-list(APPEND fusion_test_sources test_combine.cpp)
+mmfuse_add_test(test_fusion_core SOURCES test_combine.cpp LABELS fusion)
