@@ -14,8 +14,10 @@
 #include "mmfuse/compose/named.hpp"
 #include "mmfuse/compose/seq.hpp"
 #include "mmfuse/fusion/combine.hpp"
+#include "mmfuse/fusion/exchange.hpp"
 #include "mmfuse/fusion/templates.hpp"
 #include "mmfuse/nn/activation.hpp"
+#include "mmfuse/nn/cross_attention.hpp"
 #include "mmfuse/nn/linear.hpp"
 #include "mmfuse/nn/model.hpp"
 
@@ -269,4 +271,52 @@ TEST_CASE("fusers name the module and both shapes on bad input", "[fusion][error
                         Contains("mean input 1") && Contains("(2, 3)") && Contains("(3, 4)"));
     const std::array<double, 2> zero_weight{1.0, 0.0};
     REQUIRE_THROWS_AS((fusion::mean<2, float>(zero_weight)), value_error);
+}
+
+TEST_CASE(
+    "cross_exchange and mean_tokens: a two-stream hybrid has exact gradients, and an "
+    "absent stream is masked as keys",
+    "[fusion][exchange][gradcheck]") {
+    using T = double;
+    std::mt19937_64 rng = make_rng(505);
+    using block = nn::cross_attention_block<dyn, dyn, dyn, T>;
+    using pooled = compose::modalities<compose::named<"a", fusion::mean_tokens<T>>,
+                                       compose::named<"b", fusion::mean_tokens<T>>>;
+    using ids = compose::modalities<compose::named<"a", fusion::identity<T>>,
+                                    compose::named<"b", fusion::identity<T>>>;
+    using net_t = fusion::hybrid<ids, fusion::stages<fusion::cross_exchange<block, block>, pooled>,
+                                 fusion::concat<2, T>>;
+    const auto make = [] {
+        return net_t({},
+                     fusion::stages<fusion::cross_exchange<block, block>, pooled>(
+                         fusion::cross_exchange<block, block>(block(4, 2, 6, 3), block(3, 1, 5, 4)),
+                         pooled{}),
+                     {});
+    };
+    nn::model<net_t> m(make(), 3);
+    REQUIRE(m.find("interaction.0.0.cross_attn.q_proj_weight") != nullptr);
+    tensor<bool> p({2, 2});
+    p[0] = p[1] = true;         // sample 0: both present
+    p[2] = true, p[3] = false;  // sample 1: b absent
+    for (bool masked : {false, true}) {
+        const auto r = fusion_gradcheck<2>(
+            m, mmfuse_test::random_inputs(rng, {extents{2, 3, 4}, extents{2, 2, 3}}), rng,
+            masked ? p.cref() : fusion::presence{});
+        CHECK(r.input_error < 1e-7);
+        CHECK(r.parameter_error < 1e-7);
+    }
+    // With b absent in sample 1, stream a's output for sample 1 does not depend on b's values.
+    fusion_workspace<T> w(false);
+    std::vector<tensor<T>> xs =
+        mmfuse_test::random_inputs(rng, {extents{2, 3, 4}, extents{2, 2, 3}});
+    const tensor_ref<const T> y1 = m.net().forward(w.cx, as_views<T, 2>(xs), p.cref());
+    std::vector<T> first(y1.data(), y1.data() + y1.numel());
+    for (index_t i = 6; i < 12; ++i)
+        xs[1][i] += T(3);  // change b's tokens of sample 1
+    w.ws.reset();
+    const tensor_ref<const T> y2 = m.net().forward(w.cx, as_views<T, 2>(xs), p.cref());
+    for (index_t j = 0; j < 4; ++j)  // stream a's pooled block of sample 1 (columns 0..3)
+        REQUIRE(y2.data()[7 + j] == first[std::size_t(7 + j)]);
+    for (index_t j = 4; j < 7; ++j)  // b's own block of sample 1 is zeroed by concat
+        REQUIRE(y2.data()[7 + j] == 0.0);
 }

@@ -51,6 +51,8 @@ public:
     using T = value_type;
     using views = std::array<tensor_ref<const T>, n>;
     static constexpr std::size_t size = n;
+    /// As a fusion interaction (fusion/fuser.hpp): per-modality layers inside `stages<...>`.
+    static constexpr std::size_t arity = n;
 
     /// Position of the modality called `Name` (compile error if there is none).
     template <fixed_string Name>
@@ -88,6 +90,12 @@ public:
         }
         (std::make_index_sequence<n>{});
         return ys;
+    }
+
+    /// The interaction form (fusion/fuser.hpp): the same per-modality map; the per-sample
+    /// presence mask is not needed here (the fusers downstream apply it).
+    views forward(nn::step_context<T>& cx, const views& xs, tensor_ref<const bool> /*presence*/) {
+        return forward(cx, xs);
     }
 
     /// dxs[i] = encoder i's backward (dys[i]); absent gradients are skipped (the encoder
