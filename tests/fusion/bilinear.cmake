@@ -1,0 +1,1 @@
+mmfuse_add_test(test_fusion_bilinear SOURCES test_bilinear.cpp LABELS fusion)
