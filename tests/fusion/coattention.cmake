@@ -1,0 +1,1 @@
+mmfuse_add_test(test_fusion_coattention SOURCES test_coattention.cpp LABELS fusion)
