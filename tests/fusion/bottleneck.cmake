@@ -1,0 +1,1 @@
+mmfuse_add_test(test_fusion_bottleneck SOURCES test_bottleneck.cpp LABELS fusion)
