@@ -2,9 +2,9 @@
 /// \file
 /// Umbrella header for users and examples: the whole header-only core, the op front-ends,
 /// the backend registry with the Eigen reference backend, the contrastive heads (not their
-/// threaded distributed emulation), Eigen/xtensor interop and .npy I/O. mmfuse's own
-/// headers never include it (each includes exactly what it uses), and the test build does
-/// not use it, so that a missing include cannot hide behind it.
+/// threaded distributed emulation), the fusion templates and methods, Eigen/xtensor interop and
+/// .npy I/O. mmfuse's own headers never include it (each includes exactly what it uses), and the
+/// test build does not use it, so that a missing include cannot hide behind it.
 
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/binding.hpp"
@@ -24,14 +24,29 @@
 #include "mmfuse/core/strided.hpp"
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/core/tensor_ref.hpp"
+#include "mmfuse/fusion/bilinear.hpp"
+#include "mmfuse/fusion/bottleneck.hpp"
+#include "mmfuse/fusion/co_attention.hpp"
+#include "mmfuse/fusion/combine.hpp"
+#include "mmfuse/fusion/exchange.hpp"
+#include "mmfuse/fusion/film.hpp"
+#include "mmfuse/fusion/flamingo.hpp"
+#include "mmfuse/fusion/fuser.hpp"
+#include "mmfuse/fusion/gated.hpp"
+#include "mmfuse/fusion/mult.hpp"
+#include "mmfuse/fusion/multiplicative.hpp"
+#include "mmfuse/fusion/product_of_experts.hpp"
+#include "mmfuse/fusion/qformer.hpp"
+#include "mmfuse/fusion/templates.hpp"
+#include "mmfuse/fusion/tensor_fusion.hpp"
 #include "mmfuse/interop/eigen.hpp"
 #include "mmfuse/interop/xtensor.hpp"
 #include "mmfuse/io/npy.hpp"
 #include "mmfuse/ops/attention.hpp"
 #include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/gather.hpp"
-#include "mmfuse/ops/loss.hpp"
 #include "mmfuse/ops/layout.hpp"
+#include "mmfuse/ops/loss.hpp"
 #include "mmfuse/ops/matmul.hpp"
 #include "mmfuse/ops/norm.hpp"
 #include "mmfuse/ops/pointwise.hpp"
