@@ -26,7 +26,6 @@ Cases:
     fusion_bilinear_mutan       mm 4, rank 3, no input activation, no normalisation
     fusion_bilinear_mutan_norm  mm 3, rank 2, tanh input activation, normalised
 """
-import argparse
 import pathlib
 import sys
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from make_layer_fixtures import make_case  # noqa: E402  (same fixture layout)
+from make_layer_fixtures import main, make_case  # noqa: E402  (one fixture layout)
 
 B, D0, D1, OUT = 4, 5, 3, 3
 # Sample 1 lacks modality 1, sample 2 lacks modality 0.
@@ -121,26 +120,17 @@ CASES = {
 }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    here = pathlib.Path(__file__).resolve().parents[2]
-    ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    for n, (name, factory) in enumerate(CASES.items()):
-        # Normalised cases: redraw until every present z is at least 0.05 from 0, where the
-        # signed sqrt's slope 1 / (2 sqrt|z|) would amplify float32 round-off.
-        for attempt in range(100):
-            MIN_ABS_Z[0] = float("inf")
-            make_case(args.out, name, factory, seed=20240900 + n + 1000 * attempt)
-            if MIN_ABS_Z[0] >= 0.05:
-                break
-        else:
-            raise RuntimeError(f"{name}: no draw keeps z away from 0")
-    total = sum(p.stat().st_size for name in CASES for p in (args.out / name).rglob("*")
-                if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes (torch {torch.__version__})")
+def make_away_from_zero(out, name, factory, seed):
+    """Normalised cases: redraw until every present z is at least 0.05 from 0, where the
+    signed sqrt's slope 1 / (2 sqrt|z|) would amplify float32 round-off."""
+    for attempt in range(100):
+        MIN_ABS_Z[0] = float("inf")
+        make_case(out, name, factory, seed + 1000 * attempt)
+        if MIN_ABS_Z[0] >= 0.05:
+            return
+    raise RuntimeError(f"{name}: no draw keeps z away from 0")
+
 
 
 if __name__ == "__main__":
-    main()
+    main(CASES, 20240900, __doc__.split("\n")[0], make=make_away_from_zero)

@@ -26,19 +26,15 @@ Cases
                                     5 media tokens with padding (B 2)
 Masks never mask every key of a row (PyTorch/Flamingo semantics differ from mmfuse there).
 """
-import argparse
-import copy
 import pathlib
-import shutil
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from make_layer_fixtures import randomise, save  # noqa: E402
+from make_layer_fixtures import main  # noqa: E402  (one fixture layout)
 
 
 def gelu_tanh(x):
@@ -210,58 +206,7 @@ CASES = {
 }
 
 
-def make_case(out, name, factory, seed):
-    g = torch.Generator().manual_seed(seed)
-    module, inputs, masks, fwd = factory(g)
-    module = module.double()
-    randomise(module, g)
-    names = [n for n, _ in module.named_parameters()]
-    assert names == list(module.state_dict().keys()), "buffers in a twin"
-    case_dir = out / name
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
-    (case_dir / "params.txt").write_text("".join(n + "\n" for n in names))
-    dys64 = None
-    for sub, dtype in (("f64", torch.float64), ("f32", torch.float32)):
-        d = case_dir / sub
-        d.mkdir()
-        m = copy.deepcopy(module).to(dtype).train()
-        ins = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
-        ys = fwd(m, ins, masks)
-        if dys64 is None:
-            dys64 = [torch.randn(y.shape, generator=g, dtype=torch.float64) for y in ys]
-        loss = 0
-        for i, (y, dy64) in enumerate(zip(ys, dys64)):
-            assert bool(torch.isfinite(y).all()), f"{name}: non-finite output"
-            loss = loss + (y * dy64.to(dtype)).sum()
-            sfx = "" if len(ys) == 1 else str(i)
-            save(d / f"y{sfx}.npy", y)
-            save(d / f"dy{sfx}.npy", dy64.to(dtype))
-        loss.backward()
-        for k, v in ins.items():
-            save(d / f"{k}.npy", v)
-            save(d / f"grad_{k}.npy", v.grad)
-        for k, v in masks.items():
-            save(d / f"{k}.npy", v)
-        for n, p in m.named_parameters():
-            save(d / f"{n}.npy", p)
-            assert p.grad is not None, f"{name}: no gradient for {n}"
-            save(d / f"grad_{n}.npy", p.grad)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    here = pathlib.Path(__file__).resolve().parents[2]
-    ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    for n, (name, factory) in enumerate(CASES.items()):
-        make_case(args.out, name, factory, seed=20240960 + n)
-    total = sum(p.stat().st_size for c in CASES for p in (args.out / c).rglob("*")
-                if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes (torch {torch.__version__})")
 
 
 if __name__ == "__main__":
-    main()
+    main(CASES, 20240960, __doc__.split("\n")[0])

@@ -17,7 +17,6 @@ applies a mask. The twins are written from the equations of fusion.md (2.14 GMU,
   fusion_gated_film3d   FiLM on (B, L, C) features (channels last), mask
   fusion_gated_poe3     MVAE product of 3 experts and the N(0, I) prior, mask
 """
-import argparse
 import pathlib
 import sys
 
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from make_layer_fixtures import make_case  # noqa: E402
+from make_layer_fixtures import main  # noqa: E402  (one fixture layout)
 
 
 def column(keep, m, like):
@@ -138,18 +137,6 @@ CASES = {
 }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    here = pathlib.Path(__file__).resolve().parents[2]
-    ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    for n, (name, factory) in enumerate(CASES.items()):
-        make_case(args.out, name, factory, seed=20240940 + n)
-    total = sum(p.stat().st_size for name in CASES for p in (args.out / name).rglob("*")
-                if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes (torch {torch.__version__})")
-
 
 if __name__ == "__main__":
-    main()
+    main(CASES, 20240940, __doc__.split("\n")[0])

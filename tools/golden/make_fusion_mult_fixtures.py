@@ -23,16 +23,16 @@ Parameters are random (not MulT's init) so that biases and norm weights are test
 positional table is computed in float64 and rounded for the f32 folder (MulT computes it in
 float32). No query row is ever fully masked (PyTorch would give NaN; the generator asserts).
 """
-import argparse
-import copy
 import math
 import pathlib
-import shutil
+import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_layer_fixtures import main  # noqa: E402  (one fixture layout)
 
 B, D, H = 2, 4, 2
 
@@ -114,13 +114,6 @@ def check_rows(keep, forbid, tq, ts):
     assert bool(full.any(dim=-1).all()), "a query row would be fully masked"
 
 
-def randomise(module, gen):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            is_norm_weight = name.endswith("weight") and p.dim() == 1
-            p.copy_(1.0 + 0.2 * r if is_norm_weight else 0.3 * r)
-
 
 def rnd(g, *shape):
     return torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -163,64 +156,8 @@ CASES = {
 }
 
 
-def save(path, t):
-    a = t.detach().cpu().numpy()
-    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    np.save(path, a)
 
-
-def make_case(out, name, factory, seed):
-    g = torch.Generator().manual_seed(seed)
-    module, inputs, masks, fwd = factory(g)
-    module = module.double()
-    randomise(module, g)
-    names = [n for n, _ in module.named_parameters()]
-    assert names == list(module.state_dict().keys()), "buffers in a twin"
-    case_dir = out / name
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
-    (case_dir / "params.txt").write_text("".join(n + "\n" for n in names))
-    dys64 = None
-    for sub, dtype in (("f64", torch.float64), ("f32", torch.float32)):
-        d = case_dir / sub
-        d.mkdir()
-        m = copy.deepcopy(module).to(dtype).train()
-        ins = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
-        ys = fwd(m, ins, masks)
-        if dys64 is None:
-            dys64 = {k: torch.randn(y.shape, generator=g, dtype=torch.float64)
-                     for k, y in ys.items()}
-        loss = 0
-        for k, y in ys.items():
-            assert bool(torch.isfinite(y).all()), f"{name}: non-finite output"
-            loss = loss + (y * dys64[k].to(dtype)).sum()
-            save(d / f"{k}.npy", y)
-            save(d / f"d{k}.npy", dys64[k].to(dtype))
-        loss.backward()
-        for k, v in ins.items():
-            save(d / f"{k}.npy", v)
-            save(d / f"grad_{k}.npy", v.grad)
-        for k, v in masks.items():
-            save(d / f"{k}.npy", v)
-        for n, p in m.named_parameters():
-            save(d / f"{n}.npy", p)
-            assert p.grad is not None, f"{name}: no gradient for {n}"
-            save(d / f"grad_{n}.npy", p.grad)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    here = pathlib.Path(__file__).resolve().parents[2]
-    ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    total = 0
-    for n, (name, factory) in enumerate(CASES.items()):
-        make_case(args.out, name, factory, seed=20240900 + n)
-        total += sum(p.stat().st_size for p in (args.out / name).rglob("*") if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes (torch {torch.__version__})")
 
 
 if __name__ == "__main__":
-    main()
+    main(CASES, 20240900, __doc__.split("\n")[0])

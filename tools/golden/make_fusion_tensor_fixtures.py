@@ -30,14 +30,14 @@ All modalities are present (presence masks are tested against double loops in C+
 Parameters are random 0.3 N(0, 1) (not the reference init) drawn in float64 from fixed seeds;
 the float32 folder holds the same values rounded to float32.
 """
-import argparse
-import copy
 import pathlib
-import shutil
+import sys
 
-import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_layer_fixtures import main  # noqa: E402  (one fixture layout)
 
 B = 2
 
@@ -107,69 +107,27 @@ def inputs(g, dims):
             for m, d in enumerate(dims)}
 
 
+def case(module, dims):
+    """A twin taking the list [x0, x1, ...] of its inputs."""
+    return lambda g: (module, inputs(g, dims), {},
+                      lambda m, i, k: m([i[f"x{j}"] for j in range(len(i))]))
+
+
 CASES = {
-    "fusion_tensor_tfn3": lambda g: (TensorFusion(), inputs(g, (2, 3, 2))),
-    "fusion_tensor_lmf2": lambda g: (LowRankFusion((3, 2), 4, 3), inputs(g, (3, 2))),
-    "fusion_tensor_lmf3": lambda g: (LowRankFusion((2, 3, 2), 3, 2), inputs(g, (2, 3, 2))),
-    "fusion_tensor_mi2_matrix": lambda g: (MI2(3, 4, (5,), "matrix"), inputs(g, (3, 4))),
-    "fusion_tensor_mi2_vector": lambda g: (MI2(3, 4, None, "vector"), inputs(g, (3, 4))),
-    "fusion_tensor_mi3": lambda g: (MI3(2, 3, 3, 4), inputs(g, (2, 3, 3))),
+    "fusion_tensor_tfn3": case(TensorFusion(), (2, 3, 2)),
+    "fusion_tensor_lmf2": case(LowRankFusion((3, 2), 4, 3), (3, 2)),
+    "fusion_tensor_lmf3": case(LowRankFusion((2, 3, 2), 3, 2), (2, 3, 2)),
+    "fusion_tensor_mi2_matrix": case(MI2(3, 4, (5,), "matrix"), (3, 4)),
+    "fusion_tensor_mi2_vector": case(MI2(3, 4, None, "vector"), (3, 4)),
+    "fusion_tensor_mi3": case(MI3(2, 3, 3, 4), (2, 3, 3)),
 }
 
 
-def save(path, t):
-    a = t.detach().cpu().numpy()
-    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    np.save(path, a)
 
 
-def make_case(out, name, factory, seed):
-    g = torch.Generator().manual_seed(seed)
-    module, ins64 = factory(g)
-    module = module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    names = [n for n, _ in module.named_parameters()]
-    assert names == list(module.state_dict().keys()), "buffers in a twin"
-    case_dir = out / name
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
-    (case_dir / "params.txt").write_text("".join(n + "\n" for n in names))
-    dy64 = None
-    for sub, dtype in (("f64", torch.float64), ("f32", torch.float32)):
-        d = case_dir / sub
-        d.mkdir()
-        m = copy.deepcopy(module).to(dtype)
-        xs = {k: v.to(dtype).clone().requires_grad_(True) for k, v in ins64.items()}
-        y = m([xs[f"x{i}"] for i in range(len(xs))])
-        if dy64 is None:
-            dy64 = torch.randn(y.shape, generator=g, dtype=torch.float64)
-        dy = dy64.to(dtype)
-        (y * dy).sum().backward()
-        for k, v in xs.items():
-            save(d / f"{k}.npy", v)
-            save(d / f"grad_{k}.npy", v.grad)
-        for n, p in m.named_parameters():
-            save(d / f"{n}.npy", p)
-            save(d / f"grad_{n}.npy", p.grad)
-        save(d / "y.npy", y)
-        save(d / "dy.npy", dy)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    here = pathlib.Path(__file__).resolve().parents[2]
-    ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    for n, (name, factory) in enumerate(CASES.items()):
-        make_case(args.out, name, factory, seed=20240900 + n)
-    total = sum(p.stat().st_size for name in CASES for p in (args.out / name).rglob("*")
-                if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes (torch {torch.__version__})")
 
 
 if __name__ == "__main__":
-    main()
+    main(CASES, 20240900, __doc__.split("\n")[0])

@@ -326,7 +326,21 @@ def save(path, t):
     np.save(path, a)
 
 
-def make_case(out, name, factory, seed):
+def outputs_by_name(ys):
+    """A forward's outputs as {file stem: tensor}: one tensor is "y"; a list or tuple is "y"
+    (one element) or "y0", "y1", ...; a dict keeps its names."""
+    if isinstance(ys, torch.Tensor):
+        return {"y": ys}
+    if isinstance(ys, (list, tuple)):
+        return {"y" if len(ys) == 1 else f"y{i}": y for i, y in enumerate(ys)}
+    return dict(ys)
+
+
+def make_case(out, name, factory, seed, randomise=randomise):
+    """Writes case `name`: `factory(g)` returns (twin module, inputs {name: f64 tensor},
+    masks {name: tensor}, forward(module, inputs, masks) -> outputs (see outputs_by_name)).
+    For every output `k` the case holds k.npy and the cotangent dk.npy; the loss is
+    sum_k sum(k * dk); every input and parameter gets grad_<name>.npy."""
     g = torch.Generator().manual_seed(seed)
     module, inputs, masks, fwd = factory(g)
     module = module.double()
@@ -338,19 +352,22 @@ def make_case(out, name, factory, seed):
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
     (case_dir / "params.txt").write_text("".join(n + "\n" for n in names))
-    dy64 = None
+    dys64 = None
     for sub, dtype in (("f64", torch.float64), ("f32", torch.float32)):
         d = case_dir / sub
         d.mkdir()
         m = copy.deepcopy(module).to(dtype).train()
         ins = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
         ms = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in masks.items()}
-        y = fwd(m, ins, ms)
-        if dy64 is None:
-            dy64 = torch.randn(y.shape, generator=g, dtype=torch.float64)
-        dy = dy64.to(dtype)
-        assert bool(torch.isfinite(y).all()), f"{name}: non-finite output"
-        (y * dy).sum().backward()
+        ys = outputs_by_name(fwd(m, ins, ms))
+        if dys64 is None:
+            dys64 = {k: torch.randn(y.shape, generator=g, dtype=torch.float64)
+                     for k, y in ys.items()}
+        loss = 0
+        for k, y in ys.items():
+            assert bool(torch.isfinite(y).all()), f"{name}: non-finite output {k}"
+            loss = loss + (y * dys64[k].to(dtype)).sum()
+        loss.backward()
         for k, v in ins.items():
             save(d / f"{k}.npy", v)
             save(d / f"grad_{k}.npy", v.grad)
@@ -360,20 +377,25 @@ def make_case(out, name, factory, seed):
             save(d / f"{n}.npy", p)
             assert p.grad is not None, f"{name}: no gradient for {n}"
             save(d / f"grad_{n}.npy", p.grad)
-        save(d / "y.npy", y)
-        save(d / "dy.npy", dy)
+        for k, y in ys.items():
+            save(d / f"{k}.npy", y)
+            save(d / f"d{k}.npy", dys64[k].to(dtype))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(cases=None, first_seed=20240700, description=None, make=make_case):
+    """Command line of every fixture generator: --out (default tests/data/golden); case n of
+    `cases` is made with seed first_seed + n by `make(out, name, factory, seed)`."""
+    cases = CASES if cases is None else cases
+    ap = argparse.ArgumentParser(description=description or __doc__.split("\n")[0])
     here = pathlib.Path(__file__).resolve().parents[2]
     ap.add_argument("--out", type=pathlib.Path, default=here / "tests" / "data" / "golden")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
-    for n, (name, factory) in enumerate(CASES.items()):
-        make_case(args.out, name, factory, seed=20240700 + n)
-    total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    print(f"{len(CASES)} cases, {total} bytes in {args.out} (torch {torch.__version__})")
+    for n, (name, factory) in enumerate(cases.items()):
+        make(args.out, name, factory, first_seed + n)
+    total = sum(p.stat().st_size for name in cases for p in (args.out / name).rglob("*")
+                if p.is_file())
+    print(f"{len(cases)} cases, {total} bytes in {args.out} (torch {torch.__version__})")
 
 
 if __name__ == "__main__":
