@@ -11,6 +11,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "mmfuse/backend/registry.hpp"
@@ -18,6 +19,8 @@
 #include "mmfuse/core/tensor.hpp"
 #include "mmfuse/fusion/fuser.hpp"
 #include "mmfuse/nn/model.hpp"
+#include "mmfuse/nn/module.hpp"
+#include "mmfuse/ops/layout.hpp"
 #include "support/test_util.hpp"
 
 namespace mmfuse_test {
@@ -66,6 +69,100 @@ mmfuse::fusion::views<T, M> as_views(const std::vector<mmfuse::tensor<T>>& xs) {
         v[m] = xs[m].cref();
     return v;
 }
+
+/// Puts a module under the child name "fuse" of a root (paths in errors are "fuse", names
+/// "fuse.linear0.weight"); forwards forward/backward unchanged.
+template <class Net>
+struct fuse_root {
+    using value_type = typename Net::value_type;
+    static constexpr std::size_t arity = Net::arity;
+    Net inner;
+    template <class V>
+    void visit(V& v) {
+        v.child("fuse", inner);
+    }
+    void reset_parameters(mmfuse::philox_generator& g) { inner.reset_parameters(g); }
+    template <class C, class X>
+    auto forward(C& cx, const X& xs, mmfuse::fusion::presence p = {}) {
+        return inner.forward(cx, xs, p);
+    }
+    template <class C, class D>
+    auto backward(C& cx, const D& dy) {
+        return inner.backward(cx, dy);
+    }
+};
+
+/// An interaction seen as a fuser, so that `fusion_gradcheck` checks it: its outputs
+/// flattened per sample and concatenated, (B, sum_m numel(y_m) / B). Visit is transparent
+/// (the interaction's own parameter names).
+template <class Net>
+struct interaction_as_fuser {
+    using value_type = typename Net::value_type;
+    using T = value_type;
+    static constexpr std::size_t arity = Net::arity;
+    Net inner;
+    std::array<mmfuse::extents, arity> ye{};
+
+    template <class V>
+    void visit(V& v) {
+        inner.visit(v);
+    }
+    void reset_parameters(mmfuse::philox_generator& g) { inner.reset_parameters(g); }
+    mmfuse::tensor_ref<const T> forward(mmfuse::nn::step_context<T>& cx,
+                                        const mmfuse::fusion::views<T, arity>& xs,
+                                        mmfuse::fusion::presence p = {}) {
+        using namespace mmfuse;
+        const fusion::views<T, arity> ys = inner.forward(cx, xs, p);
+        std::array<tensor_ref<const T>, arity> flat{};
+        index_t total = 0;
+        const index_t b = ys[0].extent(0);
+        for (std::size_t m = 0; m < arity; ++m) {
+            ye[m] = ys[m].extents();
+            flat[m] = nn::contiguous(cx, "", ys[m]).reshape({b, ys[m].numel() / b});
+            total += flat[m].extent(1);
+        }
+        const tensor_ref<T> y = cx.allocate(extents{b, total});
+        ops::concat<T>(cx.op(""), 1, std::span<const tensor_ref<const T>>(flat), y);
+        return y;
+    }
+    mmfuse::fusion::views<T, arity> backward(mmfuse::nn::step_context<T>& cx,
+                                             mmfuse::tensor_ref<const T> dy) {
+        using namespace mmfuse;
+        fusion::views<T, arity> dys{};
+        index_t at = 0;
+        for (std::size_t m = 0; m < arity; ++m) {
+            const index_t n = ye[m].numel() / ye[m][0];
+            const tensor_ref<T> d = cx.allocate(ye[m]);
+            ops::copy(cx.op(""), dy.narrow(1, at, n), d.reshape({ye[m][0], n}));
+            dys[m] = d;
+            at += n;
+        }
+        return inner.backward(cx, dys);
+    }
+};
+
+/// A layer (forward(cx, x), backward(cx, dy)) seen as a fuser of arity 1 (presence unused).
+template <class Net>
+struct layer_as_fuser {
+    using value_type = typename Net::value_type;
+    using T = value_type;
+    static constexpr std::size_t arity = 1;
+    Net inner;
+    template <class V>
+    void visit(V& v) {
+        inner.visit(v);
+    }
+    void reset_parameters(mmfuse::philox_generator& g) { inner.reset_parameters(g); }
+    mmfuse::tensor_ref<const T> forward(mmfuse::nn::step_context<T>& cx,
+                                        const mmfuse::fusion::views<T, 1>& xs,
+                                        mmfuse::fusion::presence = {}) {
+        return inner.forward(cx, xs[0]);
+    }
+    mmfuse::fusion::views<T, 1> backward(mmfuse::nn::step_context<T>& cx,
+                                         mmfuse::tensor_ref<const T> dy) {
+        return {inner.backward(cx, dy)};
+    }
+};
 
 /// Worst relative errors of a multi-input gradient check.
 struct fusion_gradcheck_result {

@@ -25,6 +25,7 @@ namespace {
 
 using namespace mmfuse;
 using mmfuse_test::as_views;
+using mmfuse_test::fuse_root;
 using mmfuse_test::fusion_gradcheck;
 using mmfuse_test::fusion_workspace;
 using mmfuse_test::make_rng;
@@ -33,27 +34,6 @@ using mmfuse_test::random_tensor;
 constexpr fusion::optional_activation relu = ops::unary_kind::relu;
 constexpr fusion::optional_activation tanh_act = ops::unary_kind::tanh;
 constexpr fusion::optional_activation none = std::nullopt;
-
-/// Puts a fuser under the child name "fuse" (paths in errors, names "fuse.linear0.weight").
-template <class Net>
-struct root {
-    using value_type = typename Net::value_type;
-    static constexpr std::size_t arity = Net::arity;
-    Net inner;
-    template <class V>
-    void visit(V& v) {
-        v.child("fuse", inner);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-    template <class C, class X>
-    auto forward(C& cx, const X& xs, fusion::presence p = {}) {
-        return inner.forward(cx, xs, p);
-    }
-    template <class C, class D>
-    auto backward(C& cx, const D& dy) {
-        return inner.backward(cx, dy);
-    }
-};
 
 // ---- double-loop reference -------------------------------------------------------------
 
@@ -300,8 +280,8 @@ TEMPLATE_TEST_CASE("mutan matches a double-loop reference with random presence",
     for (const auto& o : configs) {
         INFO("config mm " << o.mm_dim << " rank " << o.rank << " normalize " << o.normalize);
         const tensor<bool> p = random_presence(rng, b, 2, 0.7);
-        nn::model<root<fusion::mutan<T>>> m(
-            root<fusion::mutan<T>>{fusion::mutan<T>(d0, d1, out, o)}, std::uint64_t(++seed));
+        nn::model<fuse_root<fusion::mutan<T>>> m(
+            fuse_root<fusion::mutan<T>>{fusion::mutan<T>(d0, d1, out, o)}, std::uint64_t(++seed));
         randomise(m, rng);
         const auto xs = away_from_zero([&] { return two_inputs<T>(rng, b, d0, d1); },
                                        [&](const auto& x) {
@@ -396,7 +376,8 @@ TEST_CASE("bilinear fusers' gradients match finite differences", "[fusion][bilin
         const fusion::presence pm = masked ? p.cref() : fusion::presence{};
         for (const auto& o : mfb_configs) {
             INFO("mfb k " << o.factor << " normalize " << o.normalize << " masked " << masked);
-            nn::model<root<fusion::mfb<double>>> m(root<fusion::mfb<double>>{{3, 4, 2, o}}, 5);
+            nn::model<fuse_root<fusion::mfb<double>>> m(
+                fuse_root<fusion::mfb<double>>{{3, 4, 2, o}}, 5);
             randomise(m, rng);
             auto xs = away_from_zero(
                 draw,
@@ -413,7 +394,8 @@ TEST_CASE("bilinear fusers' gradients match finite differences", "[fusion][bilin
         }
         for (const auto& o : mutan_configs) {
             INFO("mutan rank " << o.rank << " normalize " << o.normalize << " masked " << masked);
-            nn::model<root<fusion::mutan<double>>> m(root<fusion::mutan<double>>{{3, 4, 2, o}}, 6);
+            nn::model<fuse_root<fusion::mutan<double>>> m(
+                fuse_root<fusion::mutan<double>>{{3, 4, 2, o}}, 6);
             randomise(m, rng);
             auto xs = away_from_zero(
                 draw,
@@ -593,7 +575,8 @@ TEST_CASE("bilinear fusers name the module and both shapes on bad input",
     using Catch::Contains;
     fusion_workspace<float> w;
     tensor<float> a({2, 3}), b({2, 4}), b_wide({2, 5}), b_batch({3, 4}), a3({2, 1, 3});
-    nn::model<root<fusion::mfb<float>>> m(root<fusion::mfb<float>>{{3, 4, 2, {.mm_dim = 2}}});
+    nn::model<fuse_root<fusion::mfb<float>>> m(
+        fuse_root<fusion::mfb<float>>{{3, 4, 2, {.mm_dim = 2}}});
     REQUIRE_THROWS_WITH(
         m.net().forward(w.cx, fusion::views<float, 2>{a.cref(), b_wide.cref()}),
         Contains("fuse") && Contains("mfb input 1") && Contains("(2, 4)") && Contains("(2, 5)"));
@@ -609,12 +592,13 @@ TEST_CASE("bilinear fusers name the module and both shapes on bad input",
         m.net().forward(w.cx, fusion::views<float, 2>{a.cref(), b.cref()}, bad.cref()),
         Contains("presence mask") && Contains("(2, 2)") && Contains("(2, 3)"));
 
-    nn::model<root<fusion::mlb<float>>> l(root<fusion::mlb<float>>{{3, 4, 2, {.mm_dim = 2}}});
+    nn::model<fuse_root<fusion::mlb<float>>> l(
+        fuse_root<fusion::mlb<float>>{{3, 4, 2, {.mm_dim = 2}}});
     REQUIRE_THROWS_WITH(l.net().forward(w.cx, fusion::views<float, 2>{b.cref(), b.cref()}),
                         Contains("mlb input 0") && Contains("(B, 3)"));
 
-    nn::model<root<fusion::mutan<float>>> u(
-        root<fusion::mutan<float>>{{3, 4, 2, {.mm_dim = 2, .rank = 2}}});
+    nn::model<fuse_root<fusion::mutan<float>>> u(
+        fuse_root<fusion::mutan<float>>{{3, 4, 2, {.mm_dim = 2, .rank = 2}}});
     REQUIRE_THROWS_WITH(u.net().backward(w.cx, tensor<float>({2, 2}).cref()),
                         Contains("fuse") && Contains("training-mode forward first"));
     u.net().forward(w.cx, fusion::views<float, 2>{a.cref(), b.cref()});

@@ -34,63 +34,6 @@ static_assert(fusion::differentiable_interaction<fusion::bottleneck_fusion<2, do
 static_assert(fusion::differentiable_fuser<fusion::gated_cross_attention<double>>);
 static_assert(nn::differentiable_layer<fusion::perceiver_resampler<double>>);
 
-/// An interaction seen as a fuser (for `fusion_gradcheck`): the output streams concatenated
-/// on the token axis (all of width D). Parameter names are the interaction's own.
-template <class Net>
-struct streams_as_fuser {
-    using value_type = typename Net::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = Net::arity;
-    Net inner;
-    std::array<index_t, arity> lengths{};
-
-    template <class V>
-    void visit(V& v) {
-        inner.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const fusion::views<T, arity>& xs,
-                                fusion::presence p = {}) {
-        const fusion::views<T, arity> ys = inner.forward(cx, xs, p);
-        index_t total = 0;
-        for (std::size_t m = 0; m < arity; ++m)
-            total += (lengths[m] = ys[m].extent(1));
-        const tensor_ref<T> y = cx.allocate(ys[0].extents().with_axis(1, total));
-        ops::concat<T>(cx.op(""), 1, std::span<const tensor_ref<const T>>(ys), y);
-        return y;
-    }
-    fusion::views<T, arity> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        fusion::views<T, arity> dys{};
-        index_t at = 0;
-        for (std::size_t m = 0; m < arity; ++m) {
-            dys[m] = dy.narrow(1, at, lengths[m]);
-            at += lengths[m];
-        }
-        return inner.backward(cx, dys);
-    }
-};
-
-/// A layer seen as a fuser of arity 1 (for `fusion_gradcheck`).
-template <class Net>
-struct layer_as_fuser {
-    using value_type = typename Net::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = 1;
-    Net inner;
-    template <class V>
-    void visit(V& v) {
-        inner.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const fusion::views<T, 1>& xs,
-                                fusion::presence = {}) {
-        return inner.forward(cx, xs[0]);
-    }
-    fusion::views<T, 1> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        return {inner.backward(cx, dy)};
-    }
-};
-
 template <class T>
 using mbt2 = fusion::bottleneck_fusion<2, T>;
 
@@ -145,7 +88,8 @@ TEST_CASE("bottleneck_fusion gradient check", "[fusion][bottleneck][gradcheck]")
     for (index_t fl : {0, 1, 2}) {
         for (bool masked : {false, true}) {
             INFO("fusion_layer " << fl << ", masks " << masked);
-            nn::model<streams_as_fuser<mbt2<double>>> m({tiny_mbt<double>(fl, 2)}, 7);
+            nn::model<mmfuse_test::interaction_as_fuser<mbt2<double>>> m({tiny_mbt<double>(fl, 2)},
+                                                                         7);
             if (masked) m.net().inner.key_padding = {kp0.cref(), kp1.cref()};
             const tensor<bool> p = bools(2, 2, {1, 0, 1, 1});
             auto xs = mmfuse_test::random_inputs(rng, {{2, 3, 4}, {2, 2, 4}});
@@ -442,7 +386,7 @@ TEST_CASE("perceiver_resampler gradient check", "[fusion][flamingo][resampler][g
     const tensor<bool> kp = bools(2, 4, {1, 1, 0, 0, 1, 1, 1, 1});
     for (bool masked : {false, true}) {
         INFO("masks " << masked);
-        nn::model<layer_as_fuser<fusion::perceiver_resampler<double>>> m(
+        nn::model<mmfuse_test::layer_as_fuser<fusion::perceiver_resampler<double>>> m(
             {fusion::perceiver_resampler<double>(4, 2, 3, 2, 3, 2)}, 5);
         if (masked) m.net().inner.key_padding = kp.cref();
         auto xs = mmfuse_test::random_inputs(rng, {{2, 4, 4}});

@@ -67,43 +67,6 @@ std::vector<double> values(tensor_ref<const T> x) {
     return out;
 }
 
-/// An arity-2 interaction seen as a fuser (its two outputs flattened and concatenated), so
-/// that `fusion_gradcheck` checks it. Visit is transparent (same parameter names).
-template <class I>
-class flat_pair {
-public:
-    using value_type = typename I::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = 2;
-    explicit flat_pair(I inner) : inner_(std::move(inner)) {}
-    template <class V>
-    void visit(V& v) {
-        inner_.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { inner_.reset_parameters(g); }
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const fusion::views<T, 2>& xs,
-                                fusion::presence p = {}) {
-        const fusion::views<T, 2> ys = inner_.forward(cx, xs, p);
-        e_ = {ys[0].extents(), ys[1].extents()};
-        const tensor_ref<T> y = cx.allocate(extents{ys[0].numel() + ys[1].numel()});
-        index_t at = 0;
-        for (const auto& part : ys)
-            for (double v : values<T>(part))
-                y.data()[at++] = T(v);
-        return y;
-    }
-    fusion::views<T, 2> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        const index_t n0 = e_[0].numel();
-        return inner_.backward(cx, {dy.narrow(0, 0, n0).reshape(e_[0]),
-                                    dy.narrow(0, n0, e_[1].numel()).reshape(e_[1])});
-    }
-    I& inner() noexcept { return inner_; }
-
-private:
-    I inner_;
-    std::array<extents, 2> e_{};
-};
-
 /// The Q-Former as an arity-1 fuser for `fusion_gradcheck` (presence unused).
 template <class T>
 class flat_qformer {
@@ -157,11 +120,12 @@ double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) 
 
 TEST_CASE("co_attention: gradient check with key padding and presence", "[fusion][coattention]") {
     auto rng = make_rng(401);
-    nn::model<flat_pair<coattn<double>>> m(flat_pair<coattn<double>>(coattn<double>(small)), 7);
+    nn::model<mmfuse_test::interaction_as_fuser<coattn<double>>> m(
+        mmfuse_test::interaction_as_fuser<coattn<double>>{coattn<double>(small)}, 7);
     randomise(m, rng);
     const tensor<bool> kv = bool_mask(2, 3, {1, 0, 1, 1, 1, 0});
     const tensor<bool> kt = bool_mask(2, 4, {1, 1, 1, 0, 0, 1, 1, 1});
-    m.net().inner().key_padding = {kv.cref(), kt.cref()};
+    m.net().inner.key_padding = {kv.cref(), kt.cref()};
     auto xs = mmfuse_test::random_inputs(rng, {extents{2, 3, 4}, extents{2, 4, 6}});
 
     SECTION("every modality present") {
@@ -178,7 +142,7 @@ TEST_CASE("co_attention: gradient check with key padding and presence", "[fusion
         CHECK(r.parameter_error < 1e-7);
     }
     SECTION("no masks, one sample with both streams absent") {
-        m.net().inner().key_padding = {};
+        m.net().inner.key_padding = {};
         const tensor<bool> p = bool_mask(2, 2, {0, 0, 1, 1});
         const auto r = fusion_gradcheck<2>(m, std::move(xs), rng, p.cref());
         CHECK(r.input_error < 1e-7);

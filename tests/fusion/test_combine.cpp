@@ -25,6 +25,7 @@ namespace {
 
 using namespace mmfuse;
 using mmfuse_test::as_views;
+using mmfuse_test::fuse_root;
 using mmfuse_test::fusion_gradcheck;
 using mmfuse_test::fusion_workspace;
 using mmfuse_test::make_rng;
@@ -84,26 +85,6 @@ private:
     std::array<const char*, 4> names_{"s0", "s1", "s2", "s3"};
     fusion::views<T, M> xs_{};
     std::string path_;
-};
-
-template <class Net>
-struct root {
-    using value_type = typename Net::value_type;
-    static constexpr std::size_t arity = Net::arity;
-    Net inner;
-    template <class V>
-    void visit(V& v) {
-        v.child("fuse", inner);
-    }
-    void reset_parameters(philox_generator& g) { inner.reset_parameters(g); }
-    template <class C, class X>
-    auto forward(C& cx, const X& xs, fusion::presence p = {}) {
-        return inner.forward(cx, xs, p);
-    }
-    template <class C, class D>
-    auto backward(C& cx, const D& dy) {
-        return inner.backward(cx, dy);
-    }
 };
 
 bool present(const tensor<bool>& p, index_t b, index_t m) {
@@ -184,11 +165,11 @@ TEST_CASE("concat and mean gradients match finite differences, with and without 
     const tensor<bool> p = random_presence(rng, 4, 2);
     for (bool masked : {false, true}) {
         const fusion::presence pm = masked ? p.cref() : fusion::presence{};
-        nn::model<root<fusion::concat<2, double>>> c{{}};
+        nn::model<fuse_root<fusion::concat<2, double>>> c{{}};
         auto rc = fusion_gradcheck<2>(
             c, mmfuse_test::random_inputs(rng, {extents{4, 3}, extents{4, 5}}), rng, pm);
         CHECK(rc.input_error < 1e-8);
-        nn::model<root<fusion::mean<2, double>>> mn{{}};
+        nn::model<fuse_root<fusion::mean<2, double>>> mn{{}};
         auto rm = fusion_gradcheck<2>(
             mn, mmfuse_test::random_inputs(rng, {extents{4, 2, 3}, extents{4, 2, 3}}), rng, pm);
         CHECK(rm.input_error < 1e-8);
@@ -259,14 +240,14 @@ TEST_CASE("fusers name the module and both shapes on bad input", "[fusion][error
     using Catch::Contains;
     fusion_workspace<float> w;
     tensor<float> a({2, 3}), b({3, 4}), c({2, 3});
-    nn::model<root<fusion::concat<2, float>>> m{{}};
+    nn::model<fuse_root<fusion::concat<2, float>>> m{{}};
     REQUIRE_THROWS_WITH(m.net().forward(w.cx, fusion::views<float, 2>{a.cref(), b.cref()}),
                         Contains("fuse") && Contains("concat input 1") && Contains("(3, 4)"));
     tensor<bool> bad({2, 3});
     REQUIRE_THROWS_WITH(
         m.net().forward(w.cx, fusion::views<float, 2>{a.cref(), c.cref()}, bad.cref()),
         Contains("presence mask") && Contains("(2, 2)") && Contains("(2, 3)"));
-    nn::model<root<fusion::mean<2, float>>> mm{{}};
+    nn::model<fuse_root<fusion::mean<2, float>>> mm{{}};
     REQUIRE_THROWS_WITH(mm.net().forward(w.cx, fusion::views<float, 2>{a.cref(), b.cref()}),
                         Contains("mean input 1") && Contains("(2, 3)") && Contains("(3, 4)"));
     const std::array<double, 2> zero_weight{1.0, 0.0};

@@ -95,50 +95,6 @@ struct pair_adapter {
     }
 };
 
-/// Adapts an interaction to the fuser protocol: the outputs flattened per sample and
-/// concatenated, (B, sum_m T_m F_m).
-template <class Net>
-struct flatten_adapter {
-    using value_type = typename Net::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = Net::arity;
-    Net net;
-    std::array<extents, arity> ye{};
-
-    template <class V>
-    void visit(V& v) {
-        net.visit(v);
-    }
-    void reset_parameters(philox_generator& g) { net.reset_parameters(g); }
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const fusion::views<T, arity>& xs,
-                                fusion::presence p = {}) {
-        const fusion::views<T, arity> ys = net.forward(cx, xs, p);
-        std::array<tensor_ref<const T>, arity> flat{};
-        index_t total = 0;
-        const index_t b = ys[0].extent(0);
-        for (std::size_t m = 0; m < arity; ++m) {
-            ye[m] = ys[m].extents();
-            flat[m] = ys[m].reshape({b, ys[m].numel() / b});
-            total += flat[m].extent(1);
-        }
-        const tensor_ref<T> y = cx.allocate(extents{b, total});
-        ops::concat<T>(cx.op(""), 1, std::span<const tensor_ref<const T>>(flat), y);
-        return y;
-    }
-    fusion::views<T, arity> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        fusion::views<T, arity> dys{};
-        index_t at = 0;
-        for (std::size_t m = 0; m < arity; ++m) {
-            const index_t n = ye[m].numel() / ye[m][0];
-            const tensor_ref<T> d = cx.allocate(ye[m]);
-            ops::copy(cx.op(""), dy.narrow(1, at, n), d.reshape({ye[m][0], n}));
-            dys[m] = d;
-            at += n;
-        }
-        return net.backward(cx, dys);
-    }
-};
-
 /// The (Tq, Ts) keep table of mult_causal_keep.
 tensor<bool> causal_keep_table(index_t tq, index_t ts) {
     tensor<bool> m({tq, ts});
@@ -194,11 +150,11 @@ TEST_CASE("mult: interaction gradient check (3 modalities, padding, presence, in
           "[fusion][mult]") {
     auto rng = make_rng(403);
     using inner = fusion::mult<3, double>;
-    using net_t = flatten_adapter<inner>;
+    using net_t = mmfuse_test::interaction_as_fuser<inner>;
     for (const bool self : {false, true}) {
         nn::model<net_t> m(net_t{inner(4, 2, {.layers = 1}, self)}, 13);
         const tensor<bool> kp1 = bool_mask(2, 4, {1, 1, 1, 0, 1, 1, 0, 0});
-        m.net().net.key_padding[1] = kp1.cref();
+        m.net().inner.key_padding[1] = kp1.cref();
         tensor<bool> p({2, 3});
         for (index_t i = 0; i < 6; ++i)
             p[i] = true;

@@ -325,13 +325,7 @@ public:
 
     /// dy (B, out) -> {dx_0, dx_1}; adds into every parameter's grad.
     views<T, 2> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, std::string(name()) + " backward",
-                              "a training-mode forward first", "no saved forward");
-        if (dy.extents() != o_.extents())
-            throw shape_error(path_, std::string(name()) + " output gradient",
-                              "shape " + o_.extents().to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, name(), saved_, o_.extents(), dy);
         const tensor_ref<const T> dz = linear_out_.backward(
             cx, detail::activate_backward(cx, path_, opt_.activ_output, o_, dy));
         const auto da = pool_.backward(cx, path_, dz);
@@ -446,12 +440,7 @@ public:
 
     /// dy (B, out) -> {dx_0, dx_1}; adds into every parameter's grad.
     views<T, 2> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "mutan backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "mutan output gradient", "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "mutan", saved_, y_extents_, dy);
         const auto df = pool_.backward(cx, path_, linear_out_.backward(cx, dy));
         const tensor_ref<const T> dh0 = detail::activate_backward(
             cx, path_, opt_.activ_input, h0_, merge_linear0_.backward(cx, df[0]));

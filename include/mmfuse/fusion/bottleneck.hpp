@@ -5,8 +5,6 @@
 /// scenic/projects/mbt/model.py; docs/fusion.md section 4.3, identity 9). An interaction
 /// over M token streams that exchange information only through a few shared bottleneck
 /// tokens, built from `nn::transformer_encoder_layer` and `fusion::mean`.
-/// Also `detail::keep_with_extra_keys`, the host key-padding table shared with the Perceiver
-/// Resampler (flamingo.hpp).
 
 #include <array>
 #include <cstddef>
@@ -35,36 +33,6 @@ inline constexpr nn::transformer_options mbt_options{.activation = ops::unary_ki
                                                      .bias = true};
 
 namespace detail {
-
-/// Throws `shape_error` naming `path` and `what` unless `keep` is empty or a bool
-/// (batch, length) view of host memory.
-inline void check_key_padding(std::string_view path, std::string_view what,
-                              const tensor_ref<const bool>& keep, index_t batch, index_t length) {
-    if (keep.data() == nullptr && keep.rank() == 0) return;
-    if (keep.rank() != 2 || keep.extent(0) != batch || keep.extent(1) != length)
-        throw shape_error(path, what,
-                          "bool (" + std::to_string(batch) + ", " + std::to_string(length) +
-                              ") (batch, tokens; true = keep) or an empty view",
-                          "shape " + keep.extents().to_string());
-    if (keep.space() != memory_space::host)
-        throw shape_error(path, what, "a view of host memory", "device memory");
-}
-
-/// The (B, L + extra) keep-mask of a key sequence [tokens; extra always-kept tokens] from the
-/// tokens' (B, L) keep-mask, written to the workspace (a host table, like `presence`); an
-/// empty view when `keep` is empty (nothing masked). Used for MBT's [x_m; bottleneck] and the
-/// Perceiver Resampler's [media; latents] keys.
-template <compute_type T>
-tensor_ref<const bool> keep_with_extra_keys(const nn::step_context<T>& cx,
-                                            const tensor_ref<const bool>& keep, index_t extra) {
-    if (keep.data() == nullptr) return keep;
-    const index_t b = keep.extent(0), l = keep.extent(1), n = l + extra;
-    const tensor_ref<bool> out = cx.workspace->template allocate<bool>(extents{b, n});
-    for (index_t i = 0; i < b; ++i)
-        for (index_t j = 0; j < n; ++j)
-            out.data()[i * n + j] = j >= l || keep.data()[i * keep.stride(0) + j * keep.stride(1)];
-    return out;
-}
 
 /// `x` as a contiguous tensor with the samples where modality `m` is absent set to zero
 /// (`zero_absent`, plus a contiguous copy when `p` is empty and x is a strided view).
@@ -168,9 +136,9 @@ public:
                     "shape (" + std::to_string(batch) + ", T, " + std::to_string(d_) + ")",
                     "shape " + x.extents().to_string());
             tokens_[m] = x.extent(1);
-            detail::check_key_padding(path_, "bottleneck_fusion key_padding " + std::to_string(m),
+            detail::check_key_padding(path_, {"bottleneck_fusion key_padding", int(m)},
                                       key_padding[m], batch, tokens_[m]);
-            keep_fused[m] = detail::keep_with_extra_keys(cx, key_padding[m], nb_);
+            keep_fused[m] = detail::key_keep(cx, key_padding[m], {}, m, batch, tokens_[m], nb_);
         }
         const ops::op_context op = cx.op(path_);
         views<T, M> cur = xs;

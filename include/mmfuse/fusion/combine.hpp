@@ -70,12 +70,7 @@ public:
     }
 
     views<T, M> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "concat backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "concat output gradient", "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "concat", saved_, y_extents_, dy);
         views<T, M> dxs{};
         index_t at = 0;
         for (std::size_t m = 0; m < M; ++m) {
@@ -155,12 +150,7 @@ public:
     }
 
     views<T, M> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "mean backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "mean output gradient", "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "mean", saved_, y_extents_, dy);
         views<T, M> dxs{};
         for (std::size_t m = 0; m < M; ++m) {
             const tensor_ref<T> d = cx.allocate(dy.extents());

@@ -99,8 +99,8 @@ public:
                                   "shape (B, L, D)", "shape " + xs[m].extents().to_string());
         check_presence(path_, p, xs[0].extent(0), 2);
         nn::attention_masks<T> ma, mb;
-        ma.key_padding = keys_of(cx, p, 1, xs[1]);
-        mb.key_padding = keys_of(cx, p, 0, xs[0]);
+        ma.key_padding = detail::key_keep(cx, {}, p, 1, xs[1].extent(0), xs[1].extent(1));
+        mb.key_padding = detail::key_keep(cx, {}, p, 0, xs[0].extent(0), xs[0].extent(1));
         return {a_.forward(cx, xs[0], xs[1], ma), b_.forward(cx, xs[1], xs[0], mb)};
     }
 
@@ -120,18 +120,6 @@ public:
     const std::string& path() const noexcept { return path_; }
 
 private:
-    /// (B, L) key-padding mask of stream m's tokens from the presence mask (empty if none).
-    static tensor_ref<const bool> keys_of(const nn::step_context<T>& cx, const presence& p,
-                                          std::size_t m, const tensor_ref<const T>& x) {
-        if (p.data() == nullptr) return {};
-        const index_t b = x.extent(0), l = x.extent(1);
-        const tensor_ref<bool> k = cx.workspace->template allocate<bool>(extents{b, l});
-        for (index_t i = 0; i < b; ++i)
-            for (index_t j = 0; j < l; ++j)
-                k.data()[i * l + j] = p.data()[i * p.stride(0) + index_t(m) * p.stride(1)];
-        return k;
-    }
-
     A a_;
     B b_;
     std::string path_;

@@ -78,12 +78,7 @@ public:
     }
 
     views<T, 2> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "film backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != x_.extents())
-            throw shape_error(path_, "film output gradient", "shape " + x_.extents().to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "film", saved_, x_.extents(), dy);
         const ops::op_context op = cx.op(path_);
         const index_t batch = x_.extent(0);
         const tensor_ref<T> dx = cx.allocate(x_.extents());
@@ -137,8 +132,7 @@ private:
     }
 
     /// out (B, C) = sum of the contiguous t (B, ..., C) over its middle axes.
-    void sum_middle(const nn::step_context<T>& cx, tensor_ref<const T> t,
-                    tensor_ref<T> out) const {
+    void sum_middle(const nn::step_context<T>& cx, tensor_ref<const T> t, tensor_ref<T> out) const {
         if (t.rank() == 2) {
             ops::copy(cx.op(path_), t, out);
             return;

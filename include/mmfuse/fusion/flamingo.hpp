@@ -22,11 +22,12 @@
 #include "mmfuse/core/error.hpp"
 #include "mmfuse/core/init.hpp"
 #include "mmfuse/core/philox.hpp"
-#include "mmfuse/fusion/bottleneck.hpp"
 #include "mmfuse/fusion/fuser.hpp"
 #include "mmfuse/nn/layer_norm.hpp"
 #include "mmfuse/nn/linear.hpp"
 #include "mmfuse/nn/module.hpp"
+#include "mmfuse/nn/multi_head_attention.hpp"
+#include "mmfuse/nn/transformer.hpp"
 #include "mmfuse/ops/attention.hpp"
 #include "mmfuse/ops/binary.hpp"
 #include "mmfuse/ops/layout.hpp"
@@ -388,13 +389,7 @@ public:
 
     /// dy (B, T, D) -> {dx (B, T, D), dmedia (B, n, Dv)}; adds into every parameter gradient.
     views<T, 2> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "gated_cross_attention backward",
-                              "a training-mode forward first", "no saved forward");
-        if (dy.extents() != a_.extents())
-            throw shape_error(path_, "gated_cross_attention output gradient",
-                              "shape " + a_.extents().to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "gated_cross_attention", saved_, a_.extents(), dy);
         const tensor_ref<const T> d = detail::zero_absent(cx, path_, p_, 0, dy);
         const tensor_ref<const T> df =
             detail::gate_backward(cx, path_, ff_gate_, w_, gate_ff_, d, f_);
@@ -544,7 +539,8 @@ public:
         const index_t batch = x.extent(0);
         detail::check_key_padding(path_, "perceiver_resampler key_padding", key_padding, batch,
                                   x.extent(1));
-        const tensor_ref<const bool> keep = detail::keep_with_extra_keys(cx, key_padding, n_lat_);
+        const tensor_ref<const bool> keep =
+            detail::key_keep(cx, key_padding, {}, 0, batch, x.extent(1), n_lat_);
         const ops::op_context op = cx.op(path_);
         const tensor_ref<T> l0 = cx.allocate(extents{batch, n_lat_, d_});
         ops::copy(op, tensor_ref<const T>(latents_.value).expand(l0.extents()), l0);

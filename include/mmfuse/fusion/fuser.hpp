@@ -152,6 +152,88 @@ tensor_ref<const T> zero_absent(const nn::step_context<T>& cx, std::string_view 
     return y;
 }
 
+/// "<prefix> <index>" (or just the prefix when index < 0): the name of an input or mask in
+/// an error message, built only when the error is thrown, so that a forward whose checks
+/// pass touches no heap (a std::string built up front would allocate in every step).
+struct indexed_name {
+    constexpr indexed_name(const char* p, int i = -1) noexcept : prefix(p), index(i) {}
+    constexpr indexed_name(std::string_view p, int i = -1) noexcept : prefix(p), index(i) {}
+    std::string_view prefix;
+    int index = -1;
+    std::string str() const {
+        std::string s(prefix);
+        if (index >= 0) s += " " + std::to_string(index);
+        return s;
+    }
+};
+
+/// Throws `shape_error` naming `path` unless x is (batch, width) (any width when width < 0).
+template <class T>
+void expect_rows(std::string_view path, indexed_name what, const tensor_ref<const T>& x,
+                 index_t batch, index_t width) {
+    if (x.data() == nullptr && x.rank() == 0)
+        throw shape_error(path, what.str(),
+                          "a (batch, features) tensor (a missing modality is marked in the "
+                          "presence mask)",
+                          "an empty view");
+    if (x.rank() != 2 || x.extent(0) != batch || (width >= 0 && x.extent(1) != width))
+        throw shape_error(path, what.str(),
+                          "shape (" + std::to_string(batch) + ", " +
+                              (width >= 0 ? std::to_string(width) : std::string("d")) + ")",
+                          "shape " + x.extents().to_string());
+}
+
+/// Throws `shape_error` naming `path` unless a training-mode forward saved what backward
+/// needs (`saved`) and `dy` has the output extents `expected` it recorded.
+template <class T>
+void expect_saved_grad(std::string_view path, std::string_view module, bool saved,
+                       const extents& expected, const tensor_ref<const T>& dy) {
+    if (!saved)
+        throw shape_error(path, std::string(module) + " backward", "a training-mode forward first",
+                          "no saved forward");
+    if (dy.extents() != expected)
+        throw shape_error(path, std::string(module) + " output gradient",
+                          "shape " + expected.to_string(), "shape " + dy.extents().to_string());
+}
+
+/// Throws `shape_error` naming `path` and `what` unless `keep` is empty or a bool
+/// (batch, length) view of host memory (a key-padding mask, true = keep).
+inline void check_key_padding(std::string_view path, indexed_name what,
+                              const tensor_ref<const bool>& keep, index_t batch, index_t length) {
+    if (keep.data() == nullptr && keep.rank() == 0) return;
+    if (keep.rank() != 2 || keep.extent(0) != batch || keep.extent(1) != length)
+        throw shape_error(path, what.str(),
+                          "bool (" + std::to_string(batch) + ", " + std::to_string(length) +
+                              ") (batch, tokens; true = keep) or an empty view",
+                          "shape " + keep.extents().to_string());
+    if (keep.space() != memory_space::host)
+        throw shape_error(path, what.str(), "a view of host memory", "device memory");
+}
+
+/// The (B, L + extra) keep-mask of the keys [tokens of modality m; `extra` always-kept
+/// tokens]: token j of sample b is kept when keep[b, j] (an empty `keep` keeps every token)
+/// and modality m is present in sample b (an empty `p`: always). Written on the host into the
+/// workspace (host tables, like `presence`); returned as is (possibly empty: nothing masked)
+/// when there is nothing to add. Used for cross-modal key-padding: MulT sources, MBT's
+/// [x_m; bottleneck], the Perceiver's [media; latents], `cross_exchange`.
+template <compute_type T>
+tensor_ref<const bool> key_keep(const nn::step_context<T>& cx, const tensor_ref<const bool>& keep,
+                                const presence& p, std::size_t m, index_t batch, index_t length,
+                                index_t extra = 0) {
+    if (p.data() == nullptr && (keep.data() == nullptr || extra == 0)) return keep;
+    const index_t n = length + extra;
+    const tensor_ref<bool> out = cx.workspace->template allocate<bool>(extents{batch, n});
+    for (index_t b = 0; b < batch; ++b) {
+        const bool present =
+            p.data() == nullptr || p.data()[b * p.stride(0) + index_t(m) * p.stride(1)];
+        for (index_t j = 0; j < n; ++j)
+            out.data()[b * n + j] =
+                j >= length || (present && (keep.data() == nullptr ||
+                                            keep.data()[b * keep.stride(0) + j * keep.stride(1)]));
+    }
+    return out;
+}
+
 }  // namespace detail
 
 /// The identity layer (`nn.Identity`): the default head of `late` and `hybrid`, and a stem

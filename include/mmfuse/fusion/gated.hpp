@@ -98,7 +98,8 @@ public:
         const tensor_ref<const T> g = gate_.forward(cx, u);
         const tensor_ref<T> z = cx.allocate(g.extents());
         ops::unary<T>(op, ops::unary_kind::sigmoid, g, z);
-        const tensor_ref<const T> a = M == 2 ? bimodal_coefficients(cx, z, p) : tensor_ref<const T>(z);
+        const tensor_ref<const T> a =
+            M == 2 ? bimodal_coefficients(cx, z, p) : tensor_ref<const T>(z);
         // y = sum_m a_m h_m: the product viewed (..., M, dim), summed over the M axis.
         const tensor_ref<T> prod = cx.allocate(u.extents());
         ops::binary<T>(op, ops::binary_kind::mul, a, h, prod);
@@ -118,13 +119,7 @@ public:
     }
 
     views<T, M> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "gated_multimodal_unit backward",
-                              "a training-mode forward first", "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "gated_multimodal_unit output gradient",
-                              "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "gated_multimodal_unit", saved_, y_extents_, dy);
         const ops::op_context op = cx.op(path_);
         // d(a_m h_m) = dy for every m: da = dy h, dh = dy a (in the (..., M, dim) view).
         const tensor_ref<const T> dy_m = dy.unsqueeze(-2);
@@ -134,7 +129,8 @@ public:
         ops::binary<T>(op, ops::binary_kind::mul, dy_m, by_modality(a_), by_modality(dh));
         const tensor_ref<T> du = cx.allocate(u_.extents());
         ops::unary_backward<T>(op, ops::unary_kind::tanh, u_, dh, du);
-        const tensor_ref<const T> dz = M == 2 ? bimodal_gate_gradient(cx, da) : tensor_ref<const T>(da);
+        const tensor_ref<const T> dz =
+            M == 2 ? bimodal_gate_gradient(cx, da) : tensor_ref<const T>(da);
         const tensor_ref<T> dg = cx.allocate(g_.extents());
         ops::unary_backward<T>(op, ops::unary_kind::sigmoid, g_, dz, dg);
         ops::add<T>(op, du, gate_.backward(cx, dg), du);
@@ -159,8 +155,8 @@ private:
     static index_t gate_width(index_t dim) noexcept { return M == 2 ? dim : index_t(M) * dim; }
     template <std::size_t... I>
     static std::array<nn::linear<dyn, dyn, T>, M> projections(const std::array<index_t, M>& in,
-                                                             index_t dim,
-                                                             std::index_sequence<I...>) {
+                                                              index_t dim,
+                                                              std::index_sequence<I...>) {
         return {nn::linear<dyn, dyn, T>(in[I], dim, false)...};
     }
     static index_t checked(const std::array<index_t, M>& in, index_t dim) {
@@ -173,14 +169,14 @@ private:
 
     void check_inputs(const views<T, M>& xs) const {
         for (std::size_t m = 0; m < M; ++m) {
-            const std::string what = "gated_multimodal_unit input " + std::to_string(m);
+            const detail::indexed_name what{"gated_multimodal_unit input", int(m)};
             if (xs[m].data() == nullptr && xs[m].rank() == 0)
-                throw shape_error(path_, what,
+                throw shape_error(path_, what.str(),
                                   "a tensor (a missing modality is marked in the presence mask)",
                                   "an empty view");
             if (xs[m].rank() < 1 || xs[m].extent(-1) != in_[m] || xs[m].rank() != xs[0].rank() ||
                 xs[m].extents().with_axis(-1, 1) != xs[0].extents().with_axis(-1, 1))
-                throw shape_error(path_, what,
+                throw shape_error(path_, what.str(),
                                   "shape " + xs[0].extents().with_axis(-1, in_[m]).to_string() +
                                       " (input 0's leading axes, " + std::to_string(in_[m]) +
                                       " features)",
@@ -203,8 +199,8 @@ private:
     /// Bimodal mixing coefficients a = [a_0; a_1] (..., 2 dim) from the gate z (..., dim):
     /// a_0 = p_1 z + q_1, a_1 = p_0 (1 - z) + q_0 with p_m = 1 where modality m is present and
     /// q_m = 1 - p_m (a = [z; 1 - z] without a mask); exact: a_0 = 1 where x_1 is absent.
-    tensor_ref<const T> bimodal_coefficients(const nn::step_context<T>& cx,
-                                             tensor_ref<const T> z, const presence& p) const {
+    tensor_ref<const T> bimodal_coefficients(const nn::step_context<T>& cx, tensor_ref<const T> z,
+                                             const presence& p) const {
         const ops::op_context op = cx.op(path_);
         const tensor_ref<T> a = cx.allocate(z.extents().with_axis(-1, 2 * dim_));
         const tensor_ref<T> a0 = a.narrow(-1, 0, dim_), a1 = a.narrow(-1, dim_, dim_);

@@ -169,13 +169,7 @@ public:
     /// dy (B, Tq, d) -> {dx = dh (B, Tq, d), dcontext = ds (B, Ts, d)} (contiguous); adds into
     /// every parameter gradient.
     nn::cross_attention_grads<T> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "crossmodal_layer backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "crossmodal_layer output gradient",
-                              "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "crossmodal_layer", saved_, y_extents_, dy);
         const ops::op_context op = cx.op(path_);
         const tensor_ref<const T> dh1 = nn::detail::sublayer_backward<T>(
             cx, path_, true, ln1_, dy, [&](tensor_ref<const T> d) { return ffn_.backward(cx, d); });
@@ -288,13 +282,7 @@ public:
     /// dy (B, Tq, d) (any strides) -> {dx = dz_q (B, Tq, d), dcontext = dz_s (B, Ts, d)}; the
     /// source gradient is the sum over the layers. Adds into every parameter gradient.
     nn::cross_attention_grads<T> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "crossmodal_transformer backward",
-                              "a training-mode forward first", "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "crossmodal_transformer output gradient",
-                              "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "crossmodal_transformer", saved_, y_extents_, dy);
         const ops::op_context op = cx.op(path_);
         tensor_ref<const T> dh = final_.backward(cx, nn::contiguous(cx, path_, dy));
         tensor_ref<T> ds{};
@@ -510,16 +498,7 @@ private:
                 throw shape_error(path_, "mult key_padding " + std::to_string(m),
                                   "a view of host memory", "device memory");
         }
-        if (p.data() == nullptr) return kp;
-        const tensor_ref<bool> keep = cx.workspace->template allocate<bool>(extents{batch, t});
-        for (index_t b = 0; b < batch; ++b) {
-            const bool present = p.data()[b * p.stride(0) + index_t(m) * p.stride(1)];
-            for (index_t j = 0; j < t; ++j)
-                keep.data()[b * t + j] =
-                    present &&
-                    (kp.data() == nullptr || kp.data()[b * kp.stride(0) + j * kp.stride(1)]);
-        }
-        return keep;
+        return detail::key_keep(cx, kp, p, m, batch, t);
     }
 
     index_t d_;

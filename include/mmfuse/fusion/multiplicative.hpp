@@ -118,8 +118,8 @@ public:
     tensor_ref<const T> forward(nn::step_context<T>& cx, const views<T, 2>& xs, presence p = {}) {
         const index_t batch = batch_of(path_, xs);
         check_presence(path_, p, batch, 2);
-        detail::expect_rows(path_, "multiplicative_interaction input 0", xs[0], batch, n_);
-        detail::expect_rows(path_, "multiplicative_interaction input 1", xs[1], batch, m_);
+        detail::expect_rows(path_, {"multiplicative_interaction input", 0}, xs[0], batch, n_);
+        detail::expect_rows(path_, {"multiplicative_interaction input", 1}, xs[1], batch, m_);
         const ops::op_context op = cx.op(path_);
         const tensor_ref<const T> x1 = detail::zero_absent(cx, path_, p, 0, xs[0]);
         const tensor_ref<const T> x2 = detail::zero_absent(cx, path_, p, 1, xs[1]);
@@ -282,8 +282,8 @@ public:
         check_presence(path_, p, batch, 3);
         const std::array<index_t, 3> widths{n_, m_, k_};
         for (std::size_t i = 0; i < 3; ++i)
-            detail::expect_rows(path_, "multiplicative_interaction3 input " + std::to_string(i),
-                                xs[i], batch, widths[i]);
+            detail::expect_rows(path_, {"multiplicative_interaction3 input", int(i)}, xs[i], batch,
+                                widths[i]);
         const views<T, 2> x12{detail::zero_absent(cx, path_, p, 0, xs[0]),
                               detail::zero_absent(cx, path_, p, 1, xs[1])};
         const tensor_ref<const T> x3 = detail::zero_absent(cx, path_, p, 2, xs[2]);

@@ -83,13 +83,7 @@ public:
     }
 
     views<T, M> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "product_of_experts backward",
-                              "a training-mode forward first", "no saved forward");
-        if (dy.extents() != y_.extents())
-            throw shape_error(path_, "product_of_experts output gradient",
-                              "shape " + y_.extents().to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "product_of_experts", saved_, y_.extents(), dy);
         expect_host("output gradient", dy);
         const tensor_ref<const T> g = nn::contiguous(cx, path_, dy);
         std::array<tensor_ref<T>, M> dx{};
@@ -137,8 +131,8 @@ private:
         double total = 0.0;
         double weighted = 0.0;
     };
-    stats product(const views<T, M>& xs, const presence& p, index_t sample, index_t at,
-                  index_t j, index_t d) const {
+    stats product(const views<T, M>& xs, const presence& p, index_t sample, index_t at, index_t j,
+                  index_t d) const {
         stats s;
         if (with_prior_) s.total = 1.0 / (1.0 + eps_);  // mu 0, logvar 0
         for (std::size_t m = 0; m < M; ++m) {
@@ -153,27 +147,26 @@ private:
         return p.data() == nullptr || p.data()[b * p.stride(0) + index_t(m) * p.stride(1)];
     }
 
-    void expect_host(const std::string& what, const tensor_ref<const T>& t) const {
+    void expect_host(detail::indexed_name what, const tensor_ref<const T>& t) const {
         if (t.space() != memory_space::host)
-            throw shape_error(path_, "product_of_experts " + what,
+            throw shape_error(path_, "product_of_experts " + what.str(),
                               "a view of host memory (the product runs on the host)",
                               "device memory");
     }
 
     void check_inputs(const views<T, M>& xs) const {
         for (std::size_t m = 0; m < M; ++m) {
-            const std::string what = "product_of_experts input " + std::to_string(m);
+            const detail::indexed_name what{"product_of_experts input", int(m)};
             if (xs[m].data() == nullptr && xs[m].rank() == 0)
-                throw shape_error(path_, what,
+                throw shape_error(path_, what.str(),
                                   "a tensor (a missing modality is marked in the presence mask)",
                                   "an empty view");
-            if (xs[m].rank() < 1 || xs[m].extent(-1) % 2 != 0 ||
-                xs[m].extents() != xs[0].extents())
-                throw shape_error(path_, what,
+            if (xs[m].rank() < 1 || xs[m].extent(-1) % 2 != 0 || xs[m].extents() != xs[0].extents())
+                throw shape_error(path_, what.str(),
                                   "shape " + xs[0].extents().to_string() +
                                       " (input 0's; last axis [mu | logvar], even)",
                                   "shape " + xs[m].extents().to_string());
-            expect_host("input " + std::to_string(m), xs[m]);
+            expect_host({"input", int(m)}, xs[m]);
         }
     }
 

@@ -19,7 +19,8 @@
 
 #include "mmfuse/core/error.hpp"
 #include "mmfuse/core/philox.hpp"
-#include "mmfuse/fusion/co_attention.hpp"
+#include "mmfuse/fusion/fuser.hpp"
+#include "mmfuse/nn/bert_init.hpp"
 #include "mmfuse/nn/cross_attention.hpp"
 #include "mmfuse/nn/layer_norm.hpp"
 #include "mmfuse/nn/module.hpp"
@@ -57,7 +58,7 @@ struct qformer_options {
 /// attentions are one: `self_attn` (D, H; packed in_proj_weight (3D, D)), `cross_attn`
 /// (D, H, kdim = vdim = Dimg: q_proj_weight (D, D), k_proj_weight / v_proj_weight (D, Dimg),
 /// packed when Dimg == D). Children in visit order: self_attn, cross_attn (if any), linear1
-/// (FF, D), linear2 (D, FF), norm1, cross_norm (if any), norm2. Init: `bert_init`.
+/// (FF, D), linear2 (D, FF), norm1, cross_norm (if any), norm2. Init: `nn::bert_init`.
 /// `key_padding` (B, N) (true = KEEP) masks padded image tokens (BERT's additive
 /// encoder_attention_mask); a query whose image tokens are all padded gets the cross update
 /// cross_attn.out_proj.bias (see multi_head_attention.hpp). No dropout.
@@ -86,7 +87,7 @@ public:
         v.child("norm2", norm2_);
     }
 
-    void reset_parameters(philox_generator& g) { bert_init(*this, g); }
+    void reset_parameters(philox_generator& g) { nn::bert_init(*this, g); }
 
     /// h (B, Nq, D), image (B, N, Dimg) (ignored without cross-attention) -> (B, Nq, D).
     tensor_ref<const T> forward(nn::step_context<T>& cx, tensor_ref<const T> h,
@@ -156,7 +157,7 @@ private:
 ///   embedding), H_{i+1} = layers.i(H_i, I), output H_L.
 /// Parameters: `query_tokens` (1, Nq, D), `norm` (LayerNorm D, LAVIS's embeddings.LayerNorm),
 /// `layers.<i>.*` (`qformer_layer`; cross-attention when i % cross_attention_freq == 0).
-/// Init: `bert_init` (query tokens and weights N(0, 0.02), biases 0, LayerNorm 1 / 0), as
+/// Init: `nn::bert_init` (query tokens and weights N(0, 0.02), biases 0, LayerNorm 1 / 0), as
 /// LAVIS's init_Qformer for the parts not loaded from bert-base.
 /// A single-input differentiable layer (`nn::differentiable_layer`): forward(cx, image,
 /// key_padding = {}) with key_padding (B, N) bool, true = KEEP (BLIP-2 uses all ones; any N
@@ -193,7 +194,7 @@ public:
             v.child(names_[i], layers_[i]);
     }
 
-    void reset_parameters(philox_generator& g) { bert_init(*this, g); }
+    void reset_parameters(philox_generator& g) { nn::bert_init(*this, g); }
 
     /// image (B, N, Dimg) -> (B, Nq, D) in the workspace. Throws `shape_error` naming the
     /// module path (or the rejecting child's), the operand and both shapes.
@@ -216,12 +217,7 @@ public:
 
     /// dy (B, Nq, D) -> d image (B, N, Dimg); adds into every parameter gradient.
     tensor_ref<const T> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) {
-        if (!saved_)
-            throw shape_error(path_, "qformer backward", "a training-mode forward first",
-                              "no saved forward");
-        if (dy.extents() != y_extents_)
-            throw shape_error(path_, "qformer output gradient", "shape " + y_extents_.to_string(),
-                              "shape " + dy.extents().to_string());
+        detail::expect_saved_grad(path_, "qformer", saved_, y_extents_, dy);
         const ops::op_context op = cx.op(path_);
         const tensor_ref<T> dimage = cx.allocate(image_extents_);
         bool first = true;

@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "mmfuse/compose/modalities.hpp"
+#include "mmfuse/compose/named.hpp"
 #include "mmfuse/core/philox.hpp"
 #include "mmfuse/fusion/fuser.hpp"
 #include "mmfuse/nn/module.hpp"
@@ -103,126 +104,129 @@ private:
     std::string path_;
 };
 
+namespace detail {
+
+/// The "no interaction stage" of `fusion_chain` (early and late fusion).
+struct no_interaction {};
+
+/// The one implementation of early, late and hybrid fusion:
+///   y = Back(Fuser(Inter(Front({x_m}), p), p))  with children FrontName, ["interaction"],
+///   "fusion", BackName; Inter = `no_interaction` leaves the stage (and its child) out.
+template <compose::fixed_string FrontName, compose::fixed_string BackName, class Front, class Inter,
+          class Fuser, class Back>
+class fusion_chain {
+    static constexpr bool has_interaction = !std::is_same_v<Inter, no_interaction>;
+
+public:
+    using value_type = typename Fuser::value_type;
+    using T = value_type;
+    static constexpr std::size_t arity = Fuser::arity;
+
+    fusion_chain() = default;
+    fusion_chain(Front front, Fuser fusion, Back back) requires(!has_interaction)
+        : front_(std::move(front)), fusion_(std::move(fusion)), back_(std::move(back)) {}
+    fusion_chain(Front front, Inter inter, Fuser fusion, Back back) requires has_interaction
+        : front_(std::move(front)),
+          inter_(std::move(inter)),
+          fusion_(std::move(fusion)),
+          back_(std::move(back)) {}
+
+    template <class V>
+    void visit(V& v) {
+        v.path(path_);
+        v.child(FrontName.view(), front_);
+        if constexpr (has_interaction) v.child("interaction", inter_);
+        v.child("fusion", fusion_);
+        v.child(BackName.view(), back_);
+    }
+    void reset_parameters(philox_generator& g) {
+        front_.reset_parameters(g);
+        if constexpr (has_interaction) inter_.reset_parameters(g);
+        fusion_.reset_parameters(g);
+        back_.reset_parameters(g);
+    }
+
+    /// {x_m} (each front layer's input shape), presence (B, M) -> the back layer's output.
+    tensor_ref<const T> forward(nn::step_context<T>& cx, const views<T, arity>& xs,
+                                presence p = {}) {
+        views<T, arity> zs = front_.forward(cx, xs);
+        if constexpr (has_interaction) zs = inter_.forward(cx, zs, p);
+        return back_.forward(cx, fusion_.forward(cx, zs, p));
+    }
+    /// dy -> {dx_m}; adds into every parameter gradient.
+    views<T, arity> backward(nn::step_context<T>& cx,
+                             tensor_ref<const T> dy) requires nn::differentiable_layer<Back> &&
+        differentiable_fuser<Fuser> &&(!has_interaction || differentiable_interaction<Inter>) {
+        views<T, arity> dzs = fusion_.backward(cx, back_.backward(cx, dy));
+        if constexpr (has_interaction) dzs = inter_.backward(cx, dzs);
+        return front_.backward(cx, dzs);
+    }
+
+    Fuser& fusion() noexcept { return fusion_; }
+    const std::string& path() const noexcept { return path_; }
+
+protected:
+    Front front_;
+    [[no_unique_address]] Inter inter_;
+    Fuser fusion_;
+    Back back_;
+    std::string path_;
+};
+
+}  // namespace detail
+
 /// Early fusion: y = Encoder(Fuser(Stems({x_m}), p)). Children "stems", "fusion", "encoder".
 ///   Stems: `compose::modalities<...>` (identity stems for raw features); Fuser: arity M;
-///   Encoder: one `nn::layer` on the fused tensor. Itself a fuser of arity M.
+///   Encoder: one `nn::layer` on the fused tensor. Itself a fuser of arity M:
+///   forward(cx, {x_m}, presence = {}) -> y, backward(cx, dy) -> {dx_m}.
 template <modality_encoders Stems, fuser Fuser, nn::layer Encoder>
-class early {
+class early : public detail::fusion_chain<"stems", "encoder", Stems, detail::no_interaction, Fuser,
+                                          Encoder> {
     static_assert(Stems::size == Fuser::arity,
                   "mmfuse::fusion::early: the fuser's arity must equal the number of modalities");
     static_assert(std::is_same_v<typename Stems::value_type, typename Fuser::value_type> &&
                       std::is_same_v<typename Encoder::value_type, typename Fuser::value_type>,
                   "mmfuse::fusion::early: stems, fuser and encoder need one compute type");
+    using chain =
+        detail::fusion_chain<"stems", "encoder", Stems, detail::no_interaction, Fuser, Encoder>;
 
 public:
-    using value_type = typename Fuser::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = Fuser::arity;
-
-    early() = default;
-    early(Stems stems, Fuser fusion, Encoder encoder)
-        : stems_(std::move(stems)), fusion_(std::move(fusion)), encoder_(std::move(encoder)) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        v.child("stems", stems_);
-        v.child("fusion", fusion_);
-        v.child("encoder", encoder_);
-    }
-    void reset_parameters(philox_generator& g) {
-        stems_.reset_parameters(g);
-        fusion_.reset_parameters(g);
-        encoder_.reset_parameters(g);
-    }
-
-    /// {x_m} (each stem's input shape), presence (B, M) -> the encoder's output.
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const views<T, arity>& xs,
-                                presence p = {}) {
-        return encoder_.forward(cx, fusion_.forward(cx, stems_.forward(cx, xs), p));
-    }
-    /// dy -> {dx_m}.
-    views<T, arity> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) requires
-        nn::differentiable_layer<Encoder> && differentiable_fuser<Fuser> {
-        return stems_.backward(cx, fusion_.backward(cx, encoder_.backward(cx, dy)));
-    }
-
-    Stems& stems() noexcept { return stems_; }
-    Fuser& fusion() noexcept { return fusion_; }
-    Encoder& encoder() noexcept { return encoder_; }
-    const std::string& path() const noexcept { return path_; }
-
-private:
-    Stems stems_;
-    Fuser fusion_;
-    Encoder encoder_;
-    std::string path_;
+    using chain::chain;
+    Stems& stems() noexcept { return this->front_; }
+    Encoder& encoder() noexcept { return this->back_; }
 };
 
 /// Late fusion: y = Head(Fuser(Encoders({x_m}), p)). Children "encoders", "fusion", "head".
 ///   Encoders: `compose::modalities<...>`, one branch per modality; Fuser: arity M; Head: an
 ///   `nn::layer` on the fused tensor (`fusion::identity<T>` by default).
+///   forward(cx, {x_m}, presence = {}) -> y, backward(cx, dy) -> {dx_m}.
 template <modality_encoders Encoders, fuser Fuser,
           nn::layer Head = identity<typename Fuser::value_type>>
-class late {
+class late : public detail::fusion_chain<"encoders", "head", Encoders, detail::no_interaction,
+                                         Fuser, Head> {
     static_assert(Encoders::size == Fuser::arity,
                   "mmfuse::fusion::late: the fuser's arity must equal the number of modalities");
     static_assert(std::is_same_v<typename Encoders::value_type, typename Fuser::value_type> &&
                       std::is_same_v<typename Head::value_type, typename Fuser::value_type>,
                   "mmfuse::fusion::late: encoders, fuser and head need one compute type");
+    using chain =
+        detail::fusion_chain<"encoders", "head", Encoders, detail::no_interaction, Fuser, Head>;
 
 public:
-    using value_type = typename Fuser::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = Fuser::arity;
-
+    using chain::chain;
     late() = default;
-    late(Encoders encoders, Fuser fusion, Head head = {})
-        : encoders_(std::move(encoders)), fusion_(std::move(fusion)), head_(std::move(head)) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        v.child("encoders", encoders_);
-        v.child("fusion", fusion_);
-        v.child("head", head_);
-    }
-    void reset_parameters(philox_generator& g) {
-        encoders_.reset_parameters(g);
-        fusion_.reset_parameters(g);
-        head_.reset_parameters(g);
-    }
-
-    /// {x_m} (each encoder's input shape), presence (B, M) -> the head's output.
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const views<T, arity>& xs,
-                                presence p = {}) {
-        return head_.forward(cx, fusion_.forward(cx, encoders_.forward(cx, xs), p));
-    }
-    /// dy -> {dx_m}; adds into every parameter gradient.
-    views<T, arity> backward(nn::step_context<T>& cx, tensor_ref<const T> dy) requires
-        nn::differentiable_layer<Head> && differentiable_fuser<Fuser> {
-        return encoders_.backward(cx, fusion_.backward(cx, head_.backward(cx, dy)));
-    }
-
-    Encoders& encoders() noexcept { return encoders_; }
-    Fuser& fusion() noexcept { return fusion_; }
-    Head& head() noexcept { return head_; }
-    const std::string& path() const noexcept { return path_; }
-
-private:
-    Encoders encoders_;
-    Fuser fusion_;
-    Head head_;
-    std::string path_;
+    late(Encoders encoders, Fuser fusion) : chain(std::move(encoders), std::move(fusion), Head{}) {}
+    Encoders& encoders() noexcept { return this->front_; }
+    Head& head() noexcept { return this->back_; }
 };
 
 /// Hybrid fusion: y = Head(Fuser(Interaction(Encoders({x_m}), p), p)). Children "encoders",
 /// "interaction", "fusion", "head". The interaction (often `stages<...>`) exchanges
 /// information between the modality streams at intermediate depths; the fuser combines the
-/// streams once at the end.
+/// streams once at the end. forward(cx, {x_m}, presence = {}) -> y, backward(cx, dy) -> {dx_m}.
 template <modality_encoders Encoders, interaction Interaction, fuser Fuser,
           nn::layer Head = identity<typename Fuser::value_type>>
-class hybrid {
+class hybrid : public detail::fusion_chain<"encoders", "head", Encoders, Interaction, Fuser, Head> {
     static_assert(Encoders::size == Interaction::arity && Interaction::arity == Fuser::arity,
                   "mmfuse::fusion::hybrid: encoders, interaction and fuser must agree on the "
                   "number of modalities");
@@ -231,60 +235,16 @@ class hybrid {
             std::is_same_v<typename Interaction::value_type, typename Fuser::value_type> &&
             std::is_same_v<typename Head::value_type, typename Fuser::value_type>,
         "mmfuse::fusion::hybrid: every part needs one compute type");
+    using chain = detail::fusion_chain<"encoders", "head", Encoders, Interaction, Fuser, Head>;
 
 public:
-    using value_type = typename Fuser::value_type;
-    using T = value_type;
-    static constexpr std::size_t arity = Fuser::arity;
-
+    using chain::chain;
     hybrid() = default;
-    hybrid(Encoders encoders, Interaction interaction, Fuser fusion, Head head = {})
-        : encoders_(std::move(encoders)),
-          interaction_(std::move(interaction)),
-          fusion_(std::move(fusion)),
-          head_(std::move(head)) {}
-
-    template <class V>
-    void visit(V& v) {
-        v.path(path_);
-        v.child("encoders", encoders_);
-        v.child("interaction", interaction_);
-        v.child("fusion", fusion_);
-        v.child("head", head_);
-    }
-    void reset_parameters(philox_generator& g) {
-        encoders_.reset_parameters(g);
-        interaction_.reset_parameters(g);
-        fusion_.reset_parameters(g);
-        head_.reset_parameters(g);
-    }
-
-    /// {x_m}, presence (B, M) -> the head's output.
-    tensor_ref<const T> forward(nn::step_context<T>& cx, const views<T, arity>& xs,
-                                presence p = {}) {
-        const views<T, arity> zs = interaction_.forward(cx, encoders_.forward(cx, xs), p);
-        return head_.forward(cx, fusion_.forward(cx, zs, p));
-    }
-    /// dy -> {dx_m}; adds into every parameter gradient.
-    views<T, arity> backward(nn::step_context<T>& cx,
-                             tensor_ref<const T> dy) requires nn::differentiable_layer<Head> &&
-        differentiable_fuser<Fuser> && differentiable_interaction<Interaction> {
-        const views<T, arity> dzs = fusion_.backward(cx, head_.backward(cx, dy));
-        return encoders_.backward(cx, interaction_.backward(cx, dzs));
-    }
-
-    Encoders& encoders() noexcept { return encoders_; }
-    Interaction& interaction() noexcept { return interaction_; }
-    Fuser& fusion() noexcept { return fusion_; }
-    Head& head() noexcept { return head_; }
-    const std::string& path() const noexcept { return path_; }
-
-private:
-    Encoders encoders_;
-    Interaction interaction_;
-    Fuser fusion_;
-    Head head_;
-    std::string path_;
+    hybrid(Encoders encoders, Interaction interaction, Fuser fusion)
+        : chain(std::move(encoders), std::move(interaction), std::move(fusion), Head{}) {}
+    Encoders& encoders() noexcept { return this->front_; }
+    Interaction& interaction() noexcept { return this->inter_; }
+    Head& head() noexcept { return this->back_; }
 };
 
 }  // namespace mmfuse::inline v0::fusion

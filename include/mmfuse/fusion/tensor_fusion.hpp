@@ -31,22 +31,6 @@ namespace mmfuse::inline v0::fusion {
 
 namespace detail {
 
-/// Throws `shape_error` naming `path` unless x is (batch, width) (any width when width < 0).
-template <class T>
-void expect_rows(std::string_view path, const std::string& what, const tensor_ref<const T>& x,
-                 index_t batch, index_t width) {
-    if (x.data() == nullptr && x.rank() == 0)
-        throw shape_error(path, what,
-                          "a (batch, features) tensor (a missing modality is marked in the "
-                          "presence mask)",
-                          "an empty view");
-    if (x.rank() != 2 || x.extent(0) != batch || (width >= 0 && x.extent(1) != width))
-        throw shape_error(path, what,
-                          "shape (" + std::to_string(batch) + ", " +
-                              (width >= 0 ? std::to_string(width) : std::string("d")) + ")",
-                          "shape " + x.extents().to_string());
-}
-
 /// z̃ = [1; x] (B, d + 1), x zeroed in the samples where modality `m` is absent.
 template <compute_type T>
 tensor_ref<const T> prepend_one(const nn::step_context<T>& cx, std::string_view path,
@@ -70,19 +54,6 @@ tensor_ref<const T> drop_one_grad(const nn::step_context<T>& cx, std::string_vie
     const tensor_ref<T> dx = cx.allocate(g.extents());
     ops::copy(cx.op(path), g, dx);
     return dx;
-}
-
-/// Throws `shape_error` naming `path` unless `dy` has the extents `expected` saved by a
-/// training-mode forward (`saved`).
-template <class T>
-void expect_saved_grad(std::string_view path, std::string_view module, bool saved,
-                       const extents& expected, const tensor_ref<const T>& dy) {
-    if (!saved)
-        throw shape_error(path, std::string(module) + " backward", "a training-mode forward first",
-                          "no saved forward");
-    if (dy.extents() != expected)
-        throw shape_error(path, std::string(module) + " output gradient",
-                          "shape " + expected.to_string(), "shape " + dy.extents().to_string());
 }
 
 }  // namespace detail
@@ -137,8 +108,7 @@ public:
         const index_t batch = batch_of(path_, xs);
         check_presence(path_, p, batch, M);
         for (std::size_t m = 0; m < M; ++m)
-            detail::expect_rows(path_, "tensor_fusion input " + std::to_string(m), xs[m], batch,
-                                dims_[m]);
+            detail::expect_rows(path_, {"tensor_fusion input", int(m)}, xs[m], batch, dims_[m]);
         std::array<tensor_ref<const T>, M> z{}, acc{};
         tensor_ref<const T> y;
         if constexpr (M == 1) {
@@ -264,8 +234,7 @@ public:
         const index_t batch = batch_of(path_, xs);
         check_presence(path_, p, batch, M);
         for (std::size_t m = 0; m < M; ++m)
-            detail::expect_rows(path_, "low_rank_fusion input " + std::to_string(m), xs[m], batch,
-                                dims_[m]);
+            detail::expect_rows(path_, {"low_rank_fusion input", int(m)}, xs[m], batch, dims_[m]);
         const ops::op_context op = cx.op(path_);
         const extents rbo{rank_, batch, out_};
         std::array<tensor_ref<const T>, M> z{}, f{}, pre{};
