@@ -131,8 +131,8 @@ def document(data, table, errors, labels, settings, methods, name: str, note: st
     allocating = sorted({f"{m} ({int(r['heap_allocs_per_iter'])})" for (m, _), c in table.items()
                          for r in c.values() if r.get("heap_allocs_per_iter", 0) > 0})
     alloc_text = ("0 for every method" if not allocating else
-                  "0 except for " + ", ".join(allocating) + " — operator new calls per step inside "
-                  "those fusers (error-message strings built on every forward), to be fixed there")
+                  "0 except for " + ", ".join(allocating) + " — a steady-state step should allocate "
+                  "nothing, so these are defects of those methods")
     described = list(settings) + sorted(k[len("setting_"):] for k in ctx
                                         if k.startswith("setting_") and k[len("setting_"):] not in settings)
     setting_lines = "\n".join(
