@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "common/classification.hpp"
+#include "common/digit_sum_task.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/io/checkpoint.hpp"
 #include "mmfuse/nn/activation.hpp"
@@ -106,53 +108,10 @@ struct two_modality_classifier {
     }
 };
 
-// ---- the data --------------------------------------------------------------------------
-struct batch {
-    mf::tensor<float> a{mf::extents{0}}, b{mf::extents{0}};
-    std::vector<int> label;
-};
-
-// One modality: `tokens` noisy tokens of `features`, one random token carrying one-hot(d).
-void fill_modality(mf::tensor<float>& t, index_t row, int digit, std::mt19937& rng) {
-    const index_t tokens = t.extent(1), features = t.extent(2);
-    std::normal_distribution<float> noise(0.0f, 0.5f);
-    for (index_t k = 0; k < tokens * features; ++k)
-        t[row * tokens * features + k] = noise(rng);
-    const index_t at = index_t(rng() % std::uint32_t(tokens));
-    t(row, at, index_t(digit)) += 2.0f;
-}
-
-batch make_batch(index_t n, std::mt19937& rng) {
-    batch bt{mf::tensor<float>({n, 4, 8}), mf::tensor<float>({n, 5, 6}),
-             std::vector<int>(size_t(n))};
-    for (index_t i = 0; i < n; ++i) {
-        const int a = int(rng() % 4), b = int(rng() % 4);
-        fill_modality(bt.a, i, a, rng);
-        fill_modality(bt.b, i, b, rng);
-        bt.label[size_t(i)] = (a + b) % 4;
-    }
-    return bt;
-}
-
-// Softmax cross-entropy (mean over the batch): returns the loss, writes dlogits and counts
-// correct predictions. Plain loops on the example's side: the logits are host memory.
-double cross_entropy(mf::nn::step_context<float>& cx, mf::tensor_ref<const float> logits,
-                     const std::vector<int>& label, mf::tensor_ref<float> dlogits, int& correct) {
-    const index_t n = logits.extent(0), k = logits.extent(1);
-    const auto p = cx.allocate(logits.extents());
-    mf::ops::softmax(cx.op("loss"), logits, p);
-    double loss = 0.0;
-    for (index_t i = 0; i < n; ++i) {
-        index_t best = 0;
-        for (index_t j = 0; j < k; ++j) {
-            if (p(i, j) > p(i, best)) best = j;
-            dlogits(i, j) = (p(i, j) - (j == label[size_t(i)] ? 1.0f : 0.0f)) / float(n);
-        }
-        loss -= std::log(std::max(double(p(i, label[size_t(i)])), 1e-30));
-        correct += best == label[size_t(i)];
-    }
-    return loss / double(n);
-}
+// ---- the data and the loss --------------------------------------------------------------
+// examples/common/digit_sum_task.hpp draws the batches described at the top;
+// examples/common/classification.hpp has the softmax cross-entropy (plain loops on the
+// example's side: the logits are host memory).
 
 int main(int argc, char** argv) {
     index_t steps = 1500;
@@ -199,11 +158,11 @@ int main(int argc, char** argv) {
     double running = 0.0;
     int correct = 0, seen = 0, since = 0;
     for (index_t s = 0; s < steps; ++s) {
-        const batch bt = make_batch(batch_size, rng);
+        const examples::digit_sum_batch bt = examples::make_digit_sum_batch(batch_size, rng);
         workspace.reset();
         model.zero_grad();
         const auto logits = model.net().forward(cx, bt.a.cref(), bt.b.cref());
-        running += cross_entropy(cx, logits, bt.label, dlogits.ref(), correct);
+        running += examples::cross_entropy(cx, "loss", logits, bt.label, dlogits.ref(), correct);
         ++since;
         seen += int(batch_size);
         model.net().backward(cx, dlogits.cref());
@@ -224,12 +183,12 @@ int main(int argc, char** argv) {
     // Held-out accuracy, in inference mode (nothing saved for backward).
     cx.training = false;
     std::mt19937 test_rng{std::uint32_t(seed) + 1000u};
-    const batch test = make_batch(2000, test_rng);
+    const examples::digit_sum_batch test = examples::make_digit_sum_batch(2000, test_rng);
     workspace.reset();
     const auto test_logits = model.net().forward(cx, test.a.cref(), test.b.cref());
     int test_correct = 0;
     mf::tensor<float> unused(test_logits.extents());
-    cross_entropy(cx, test_logits, test.label, unused.ref(), test_correct);
+    examples::cross_entropy(cx, "loss", test_logits, test.label, unused.ref(), test_correct);
     std::printf("held-out accuracy: %.1f%% (chance 25%%; either modality alone: 25%%)\n",
                 100.0 * test_correct / 2000.0);
 

@@ -67,6 +67,7 @@
 #include <string>
 #include <vector>
 
+#include "common/classification.hpp"
 #include "common/digits.hpp"
 #include "common/flags.hpp"
 #include "common/png.hpp"
@@ -245,28 +246,6 @@ struct film_denoiser {
 
 // ---- the judge -------------------------------------------------------------------------
 using digit_classifier = mf::nn::mlp<pixels, 128, classes>;
-
-// Softmax cross-entropy (mean over rows) of `logits` (N, 10) against `labels`; writes
-// dlogits when given, counts arg-max hits into `correct`.
-double cross_entropy(mf::nn::step_context<float>& cx, mf::tensor_ref<const float> logits,
-                     std::span<const int> labels, mf::tensor_ref<float> dlogits, int& correct) {
-    const index_t n = logits.extent(0);
-    const auto p = cx.allocate(logits.extents());
-    mf::ops::softmax(cx.op("judge.loss"), logits, p);
-    double loss = 0.0;
-    for (index_t i = 0; i < n; ++i) {
-        const int want = labels[std::size_t(i)];
-        index_t best = 0;
-        for (index_t j = 0; j < classes; ++j) {
-            if (p(i, j) > p(i, best)) best = j;
-            if (dlogits.data() != nullptr)
-                dlogits(i, j) = (p(i, j) - (j == want ? 1.0f : 0.0f)) / float(n);
-        }
-        loss -= std::log(std::max(double(p(i, want)), 1e-30));
-        correct += best == want;
-    }
-    return loss / double(n);
-}
 
 // ---- sampling --------------------------------------------------------------------------
 // The batched model classifier-free guidance calls: rows [0, B) carry "no class", rows
@@ -512,7 +491,8 @@ int run(int argc, char** argv) {
                 workspace.reset();
                 judge.zero_grad();
                 int unused = 0;
-                cross_entropy(cx, judge.net().forward(cx, xb.cref()), yb, dlogits.ref(), unused);
+                examples::cross_entropy(cx, "judge.loss", judge.net().forward(cx, xb.cref()), yb,
+                                        dlogits.ref(), unused);
                 judge.net().backward(cx, dlogits.cref());
                 opt.step(judge);
             }
@@ -522,7 +502,8 @@ int run(int argc, char** argv) {
     const auto judge_accuracy = [&](const mf::tensor<float>& images, const std::vector<int>& want) {
         workspace.reset();
         int correct = 0;
-        cross_entropy(cx, judge.net().forward(cx, images.cref()), want, {}, correct);
+        examples::cross_entropy(cx, "judge.loss", judge.net().forward(cx, images.cref()), want, {},
+                                correct);
         return 100.0 * double(correct) / double(want.size());
     };
     const mf::tensor<float> x_test = image_rows(split.test);

@@ -11,7 +11,8 @@
 //   fusion        concat of the two pooled streams (B, 64); a sample whose modality is
 //                 absent (presence mask) gets zeros there and is masked as keys
 //   head          linear 64 -> 4
-// Compare with 01_quickstart.cpp, where the same kind of model is written by hand.
+// Compare with 01_quickstart.cpp, where the same kind of model is written by hand. The data
+// (examples/common/digit_sum_task.hpp) and the loss (common/classification.hpp) are shared.
 //
 // Usage: fusion_hybrid [--steps N] [--seed S]  (prints held-out accuracy with both modalities
 // and with modality B marked absent: the latter must fall to chance).
@@ -23,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "common/classification.hpp"
+#include "common/digit_sum_task.hpp"
 #include "common/flags.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/compose/seq.hpp"
@@ -56,50 +59,6 @@ using hybrid_net =
 // Every part default-constructs from its static widths: `hybrid_net{}` is the whole model.
 // ---- end of architecture -----------------------------------------------------------------
 
-// One modality: `tokens` noisy tokens, one random token carrying one-hot(digit) * 2.
-void fill(mf::tensor<float>& t, index_t row, int digit, std::mt19937& rng) {
-    const index_t tokens = t.extent(1), features = t.extent(2);
-    std::normal_distribution<float> noise(0.0f, 0.5f);
-    for (index_t k = 0; k < tokens * features; ++k)
-        t[row * tokens * features + k] = noise(rng);
-    t(row, index_t(rng() % std::uint32_t(tokens)), index_t(digit)) += 2.0f;
-}
-
-struct batch {
-    mf::tensor<float> a, b;
-    std::vector<int> label;
-    explicit batch(index_t n, std::mt19937& rng)
-        : a({n, 4, 8}), b({n, 5, 6}), label(std::size_t(n)) {
-        for (index_t i = 0; i < n; ++i) {
-            const int da = int(rng() % 4), db = int(rng() % 4);
-            fill(a, i, da, rng);
-            fill(b, i, db, rng);
-            label[std::size_t(i)] = (da + db) % 4;
-        }
-    }
-};
-
-// Softmax cross-entropy, mean over the batch (host loops: logits are host memory); writes
-// dlogits when given and returns the number of correct predictions.
-int cross_entropy(mf::nn::step_context<float>& cx, mf::tensor_ref<const float> logits,
-                  const std::vector<int>& label, mf::tensor<float>* dlogits) {
-    const index_t n = logits.extent(0), k = logits.extent(1);
-    const auto p = cx.allocate(logits.extents());
-    mf::ops::softmax(cx.op("loss"), logits, p);
-    int correct = 0;
-    for (index_t i = 0; i < n; ++i) {
-        index_t best = 0;
-        for (index_t j = 0; j < k; ++j) {
-            if (p(i, j) > p(i, best)) best = j;
-            if (dlogits)
-                (*dlogits)(i, j) =
-                    (p(i, j) - (j == label[std::size_t(i)] ? 1.0f : 0.0f)) / float(n);
-        }
-        correct += best == label[std::size_t(i)];
-    }
-    return correct;
-}
-
 int main(int argc, char** argv) try {
     std::uint64_t steps = 1200, seed = 1;
     for (int i = 1; i < argc; ++i) {
@@ -125,30 +84,32 @@ int main(int argc, char** argv) try {
     std::mt19937 rng{std::uint32_t(seed)};
     mf::tensor<float> dlogits({64, 4});
     for (std::uint64_t s = 0; s < steps; ++s) {
-        const batch bt(64, rng);
+        const examples::digit_sum_batch bt = examples::make_digit_sum_batch(64, rng);
         ws.reset();
         model.zero_grad();
         const auto logits = model.net().forward(cx, {bt.a.cref(), bt.b.cref()});
-        cross_entropy(cx, logits, bt.label, &dlogits);
+        int seen_correct = 0;
+        examples::cross_entropy(cx, "loss", logits, bt.label, dlogits.ref(), seen_correct);
         model.net().backward(cx, dlogits.cref());
         opt.step(model);
     }
 
     cx.training = false;
     std::mt19937 test_rng{std::uint32_t(seed) + 1000u};
-    const batch test(2000, test_rng);
+    const examples::digit_sum_batch test = examples::make_digit_sum_batch(2000, test_rng);
     mf::tensor<bool> only_a({2000, 2});
     for (index_t i = 0; i < 2000; ++i) {
         only_a(i, 0) = true;
         only_a(i, 1) = false;  // modality B absent in every sample
     }
     ws.reset();
-    const int both = cross_entropy(cx, model.net().forward(cx, {test.a.cref(), test.b.cref()}),
-                                   test.label, nullptr);
+    int both = 0, without_b = 0;
+    examples::cross_entropy(cx, "loss", model.net().forward(cx, {test.a.cref(), test.b.cref()}),
+                            test.label, {}, both);
     ws.reset();
-    const int without_b =
-        cross_entropy(cx, model.net().forward(cx, {test.a.cref(), test.b.cref()}, only_a.cref()),
-                      test.label, nullptr);
+    examples::cross_entropy(cx, "loss",
+                            model.net().forward(cx, {test.a.cref(), test.b.cref()}, only_a.cref()),
+                            test.label, {}, without_b);
     std::printf("held-out accuracy: both modalities %.1f%%, B absent %.1f%% (chance 25%%)\n",
                 100.0 * both / 2000.0, 100.0 * without_b / 2000.0);
     return both > 2000 * 0.9 ? 0 : 1;
