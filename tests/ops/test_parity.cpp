@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "mmfuse/backend/eigen/device.hpp"
+#if defined(MMFUSE_HAS_ONEDNN)
+#include "mmfuse/backend/onednn/device.hpp"
+#endif
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/ops/attention.hpp"
 #include "mmfuse/ops/binary.hpp"

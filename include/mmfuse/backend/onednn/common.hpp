@@ -1,0 +1,211 @@
+#pragma once
+/// \file
+/// Pieces shared by the oneDNN backend's op plans: memory descriptors of mmfuse views, a
+/// primitive bound once to its argument memories (so an execution only swaps data
+/// handles), the `plan` interface every op family implements, and the context a plan runs
+/// in (oneDNN stream, the stream's scratch, precision). Implementation detail of the oneDNN
+/// backend (no stability promise).
+
+#include <array>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "mmfuse/backend/onednn/compat.hpp"
+#include "mmfuse/core/dtype.hpp"
+#include "mmfuse/core/error.hpp"
+#include "mmfuse/core/tensor_ref.hpp"
+#include "mmfuse/ops/op_desc.hpp"
+
+namespace mmfuse::inline v0::backend::onednn {
+
+using dnnl::memory;
+
+/// What an f32 op may compute in (per stream, so per model: DESIGN decision 6).
+enum class precision : std::uint8_t {
+    f32,   ///< IEEE f32 throughout (default; what parity tests hold to 1e-5)
+    bf16,  ///< matmuls may round f32 operands to bf16 and accumulate in f32
+           ///< (`fpmath_mode::bf16`); oneDNN does so on CPUs with AVX512-BF16 or AMX and
+           ///< computes f32 elsewhere
+};
+
+/// oneDNN's element type for `t`, or nothing for dtypes oneDNN does not compute in (f64).
+inline std::optional<memory::data_type> data_type_of(dtype t) noexcept {
+    switch (t) {
+        case dtype::f32:
+            return memory::data_type::f32;
+        case dtype::bf16:
+            return memory::data_type::bf16;
+        case dtype::f16:
+            return memory::data_type::f16;
+        case dtype::i32:
+            return memory::data_type::s32;
+        case dtype::u8:
+        case dtype::boolean:
+            return memory::data_type::u8;
+        default:
+            return std::nullopt;
+    }
+}
+
+/// True when oneDNN on this CPU has bf16 kernels (AVX512 core or newer: native AVX512-BF16
+/// and AMX, emulated on plain AVX512). False on AVX2-only CPUs.
+inline bool cpu_has_bf16() noexcept {
+    try {
+        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+        return isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
+               isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+    } catch (...) {
+        return false;
+    }
+}
+
+/// True when a tensor of dtype `t` can be an operand of a native oneDNN op here: f32
+/// always, bf16 where the CPU has bf16 kernels.
+inline bool native_float(dtype t) noexcept {
+    return t == dtype::f32 || (t == dtype::bf16 && cpu_has_bf16());
+}
+
+/// Memory descriptor of `t` with its own extents and strides (rank 0 becomes a 1-element
+/// rank-1 tensor). Stride-0 axes are kept (valid for reading only).
+inline memory::desc desc_of(const any_tensor_ref& t) {
+    const auto type = data_type_of(t.type());
+    if (!type)
+        throw backend_error("onednn", "dtype " + std::string(dtype_name(t.type())) +
+                                          " has no oneDNN equivalent");
+    if (t.extents().rank() == 0) return memory::desc({1}, *type, memory::dims{1});
+    memory::dims dims(size_t(t.extents().rank())), strides(dims.size());
+    for (int i = 0; i < t.extents().rank(); ++i) {
+        dims[size_t(i)] = t.extents()[i];
+        strides[size_t(i)] = t.strides()[size_t(i)];
+    }
+    return memory::desc(dims, *type, strides);
+}
+
+/// Memory descriptor of `t` for reading, with every stride-0 (broadcast) axis turned into
+/// an axis of extent 1: oneDNN's own broadcasting form (binary's src1, matmul batch axes).
+inline memory::desc broadcast_desc_of(const any_tensor_ref& t) {
+    const auto type = data_type_of(t.type());
+    if (!type)
+        throw backend_error("onednn", "dtype " + std::string(dtype_name(t.type())) +
+                                          " has no oneDNN equivalent");
+    if (t.extents().rank() == 0) return memory::desc({1}, *type, memory::dims{1});
+    memory::dims dims(size_t(t.extents().rank())), strides(dims.size());
+    for (int i = 0; i < t.extents().rank(); ++i) {
+        const bool broadcast = t.strides()[size_t(i)] == 0 && t.extents()[i] > 1;
+        dims[size_t(i)] = broadcast ? 1 : t.extents()[i];
+        strides[size_t(i)] = t.strides()[size_t(i)];
+    }
+    return memory::desc(dims, *type, strides);
+}
+
+/// True when any axis of `t` with extent > 1 has stride 0.
+inline bool has_broadcast(const any_tensor_ref& t) noexcept {
+    for (int i = 0; i < t.extents().rank(); ++i)
+        if (t.strides()[size_t(i)] == 0 && t.extents()[i] > 1) return true;
+    return false;
+}
+
+/// True when `pd` runs oneDNN's reference (scalar C++) implementation: slower than the Eigen
+/// kernels, so plans decline it and the op falls back.
+inline bool is_reference_impl(const dnnl::primitive_desc_base& pd) {
+    return std::string_view(pd.impl_info_str()).substr(0, 4) == "ref:";
+}
+
+/// What an executing plan may use: the oneDNN stream, scratch memory from the mmfuse stream's
+/// arena (valid for this execution only) and the stream's precision.
+struct run_context {
+    dnnl::stream* stream;
+    std::byte* scratch;
+    std::size_t scratch_bytes;
+    precision math;
+};
+
+/// A primitive with its argument memories created once; `execute` only swaps data handles
+/// and calls the C API with a fixed argument array (no mmfuse-side allocation).
+class bound_primitive {
+public:
+    static constexpr int max_args = 12;
+
+    bound_primitive() = default;
+    explicit bound_primitive(dnnl::primitive p) : primitive_(std::move(p)) {}
+
+    /// Adds argument `arg` described by `md`; returns its position for `execute`.
+    int bind(int arg, const memory::desc& md, const dnnl::engine& eng) {
+        if (count_ == max_args) throw backend_error("onednn", "too many primitive arguments");
+        memory_[size_t(count_)] = memory(md, eng, DNNL_MEMORY_NONE);
+        args_[size_t(count_)] = {arg, memory_[size_t(count_)].get()};
+        return count_++;
+    }
+
+    /// Points the arguments at `handles` (in `bind` order; nullptr leaves one as it is) and
+    /// runs the primitive on `s`.
+    void execute(dnnl::stream& s, std::span<void* const> handles) {
+        for (std::size_t i = 0; i < handles.size() && i < std::size_t(count_); ++i)
+            if (handles[i]) memory_[i].set_data_handle(handles[i]);
+        const dnnl_status_t status =
+            dnnl_primitive_execute(primitive_.get(), s.get(), count_, args_.data());
+        if (status != dnnl_success)
+            throw backend_error("onednn", "primitive execution failed with status " +
+                                              std::to_string(int(status)));
+    }
+    template <class... P>
+    void operator()(dnnl::stream& s, P*... handles) {
+        const std::array<void*, sizeof...(P)> h{const_cast<void*>(static_cast<const void*>(handles))...};
+        execute(s, h);
+    }
+
+    explicit operator bool() const noexcept { return bool(primitive_); }
+
+private:
+    dnnl::primitive primitive_;
+    std::array<memory, max_args> memory_{};
+    std::array<dnnl_exec_arg_t, max_args> args_{};
+    int count_ = 0;
+};
+
+/// The oneDNN form of one op for one operand signature (extents, strides, dtypes): built once
+/// on the first execution of that signature, kept in the stream's cache, run on every later
+/// one. Implementations hold their primitives and argument memories.
+class plan {
+public:
+    virtual ~plan() = default;
+    /// Runs the op on these operands (same signature as the ones the plan was built for).
+    virtual void run(const run_context& cx, std::span<const any_tensor_ref> in,
+                     std::span<const any_tensor_ref> out) = 0;
+    /// Scratch bytes `run` needs in `cx.scratch` (oneDNN's user scratchpads and the plan's
+    /// own intermediates).
+    std::size_t scratch_bytes = 0;
+};
+
+/// What building a plan may use.
+struct build_context {
+    const dnnl::engine* engine;
+    precision math;
+};
+
+/// Attributes every plan starts from: user-mode scratchpad (oneDNN takes its scratch from
+/// the mmfuse stream's arena instead of allocating) and the precision's fpmath mode.
+inline dnnl::primitive_attr base_attr(const build_context& bx) {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (bx.math == precision::bf16) attr.set_fpmath_mode(dnnl::fpmath_mode::bf16);
+    return attr;
+}
+
+/// Bytes of the user scratchpad `pd` asks for.
+inline std::size_t scratchpad_bytes(const dnnl::primitive_desc_base& pd) {
+    return pd.scratchpad_desc().get_size();
+}
+
+/// Rounds `bytes` up to a multiple of 64 (scratch sub-buffers stay aligned).
+constexpr std::size_t align64(std::size_t bytes) noexcept {
+    return (bytes + 63) / 64 * 64;
+}
+
+}  // namespace mmfuse::inline v0::backend::onednn

@@ -1,0 +1,5 @@
+#pragma once
+/// \file
+/// oneDNN plans of the pointwise ops (being written). Implementation detail of the oneDNN backend.
+
+#include "mmfuse/backend/onednn/common.hpp"
