@@ -24,8 +24,16 @@
 namespace {
 std::atomic<bool> counting{false};
 std::atomic<long> allocations{0};
+/// Optional attribution: when set and it returns true for an allocation, that allocation is
+/// counted in `excluded_allocations` instead (e.g. allocations made inside a third-party
+/// library call, so that a test can hold mmfuse's own side to zero).
+bool (*exclude_allocation)() noexcept = nullptr;
+std::atomic<long> excluded_allocations{0};
 inline void note_allocation() noexcept {
-    if (counting.load(std::memory_order_relaxed))
+    if (!counting.load(std::memory_order_relaxed)) return;
+    if (exclude_allocation && exclude_allocation())
+        excluded_allocations.fetch_add(1, std::memory_order_relaxed);
+    else
         allocations.fetch_add(1, std::memory_order_relaxed);
 }
 }  // namespace

@@ -64,9 +64,10 @@ std::unique_ptr<plan> make_plan(const Desc&, std::span<const any_tensor_ref>,
 
 namespace detail {
 
-/// The most operands one cached signature records; ops with more (a concat of 9+ inputs)
+/// The most operands one cached signature records (attention_backward with a mask has 10);
+/// ops with more (a concat of 10+ inputs)
 /// run uncached through the fallback.
-inline constexpr std::size_t max_key_operands = 8;
+inline constexpr std::size_t max_key_operands = 10;
 
 /// Extents, strides and dtype of one operand.
 struct operand_signature {
@@ -124,6 +125,8 @@ struct stream_stats {
     std::uint64_t native_ops = 0;    ///< ops run as oneDNN primitives
     std::uint64_t fallback_ops = 0;  ///< ops handed to the fallback stream
     std::uint64_t plans_built = 0;   ///< cache misses (each built or declined a plan once)
+    std::uint64_t primitive_executions = 0;  ///< oneDNN primitives run by the native ops
+    std::uint64_t primitive_arguments = 0;   ///< execution arguments passed to them
 };
 
 /// Synchronous stream of the oneDNN device. Not thread-safe (one stream per thread).
@@ -275,12 +278,15 @@ inline void onednn_stream::execute(const ops::op_desc& op, std::span<const any_t
     if (p.scratch_bytes > 0)
         scratch = reinterpret_cast<std::byte*>(
             scratch_.allocate<float>(extents{index_t((p.scratch_bytes + 3) / 4)}).data());
+    const execution_counters before = thread_executions();
     try {
         p.run({&stream_, scratch, p.scratch_bytes, math_}, inputs, outputs);
     } catch (const dnnl::error& e) {
         throw backend_error("onednn", std::string(ops::op_name(op)) + ": " + e.what());
     }
     ++stats_.native_ops;
+    stats_.primitive_executions += thread_executions().executions - before.executions;
+    stats_.primitive_arguments += thread_executions().arguments - before.arguments;
 }
 
 namespace detail {
