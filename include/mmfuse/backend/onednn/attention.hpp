@@ -80,13 +80,18 @@ inline float from_order_key(std::int32_t k) noexcept {
     return std::bit_cast<float>(k ^ ((k >> 31) & 0x7fffffff));
 }
 
-/// e^x in f32 for x <= 88 (Cephes expf polynomial: relative error about 2 ulp); 0 for
-/// x <= -88 and for -inf. No branch or library call, so loops over it vectorise.
+/// e^x in f32 for |x| < 88 (Cephes expf polynomial: relative error about 2 ulp); 0 for
+/// x <= -88 and for -inf; x >= 88 is clamped to e^88 (finite: the callers' arguments are
+/// <= 0 up to rounding, so the clamp only guards against garbage exponents). No branch or
+/// library call, so loops over it vectorise.
 inline float exp_f32(float x) noexcept {
     constexpr float round_magic = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
     constexpr std::uint32_t minus_88 = 0xC2B00000u;  // bits of -88.0f; larger bits: x < -88
-    const float xc = select_f32(mask_of(std::bit_cast<std::uint32_t>(x) > minus_88),
+    constexpr std::int32_t plus_88 = 0x42B00000;     // bits of 88.0f; larger (signed): x > 88
+    const float xl = select_f32(mask_of(std::bit_cast<std::uint32_t>(x) > minus_88),
                                 std::bit_cast<float>(minus_88), x);
+    const float xc = select_f32(mask_of(std::bit_cast<std::int32_t>(xl) > plus_88),
+                                std::bit_cast<float>(plus_88), xl);
     const float t = xc * 1.44269504088896341f + round_magic;
     const float n = t - round_magic;  // round(x / ln 2), >= -127
     const std::int32_t ni =
@@ -474,9 +479,7 @@ std::unique_ptr<plan> make_attention_plan(const ops::attention_desc& d,
                                           const build_context& bx) {
     const auto shape = attention_shape::of(d, in, out);
     if (!shape) return nullptr;
-    auto p = std::make_unique<P>(d, *shape, in, out, bx);
-    if (!p->usable()) return nullptr;
-    return p;
+    return usable_or_null<P>(d, *shape, in, out, bx);
 }
 
 }  // namespace detail

@@ -6,6 +6,7 @@
 /// in (oneDNN stream, the stream's scratch, precision). Implementation detail of the oneDNN
 /// backend (no stability promise).
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -15,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -25,6 +27,12 @@
 #include "mmfuse/ops/op_desc.hpp"
 
 namespace mmfuse::inline v0::backend::onednn {
+
+// Plans read primitive outputs in host loops right after `execute` returns: that needs a CPU
+// runtime whose primitives finish before returning (OpenMP, TBB, sequential), not the
+// asynchronous threadpool runtime.
+static_assert(DNNL_CPU_THREADING_RUNTIME != DNNL_RUNTIME_THREADPOOL,
+              "mmfuse's oneDNN backend needs a synchronous oneDNN CPU runtime");
 
 using dnnl::memory;
 
@@ -56,15 +64,21 @@ inline std::optional<memory::data_type> data_type_of(dtype t) noexcept {
 }
 
 /// True when oneDNN on this CPU has bf16 kernels (AVX512 core or newer: native AVX512-BF16
-/// and AMX, emulated on plain AVX512). False on AVX2-only CPUs.
+/// and AMX, emulated on plain AVX512), probed once with a small bf16 matmul. False on
+/// AVX2-only CPUs.
 inline bool cpu_has_bf16() noexcept {
-    try {
-        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-        return isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
-               isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
-    } catch (...) {
-        return false;
-    }
+    static const bool has = [] {
+        try {  // a bf16 matmul oneDNN serves with a non-reference implementation
+            const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+            const memory::desc md({16, 16}, memory::data_type::bf16, memory::format_tag::ab);
+            const memory::desc out({16, 16}, memory::data_type::f32, memory::format_tag::ab);
+            const auto pd = compat::matmul_pd(eng, md, md, out, dnnl::primitive_attr());
+            return std::string_view(pd.impl_info_str()).find("ref") == std::string_view::npos;
+        } catch (...) {
+            return false;
+        }
+    }();
+    return has;
 }
 
 /// True when a tensor of dtype `t` can be an operand of a native oneDNN op here: f32
@@ -84,23 +98,6 @@ inline memory::desc desc_of(const any_tensor_ref& t) {
     memory::dims dims(size_t(t.extents().rank())), strides(dims.size());
     for (int i = 0; i < t.extents().rank(); ++i) {
         dims[size_t(i)] = t.extents()[i];
-        strides[size_t(i)] = t.strides()[size_t(i)];
-    }
-    return memory::desc(dims, *type, strides);
-}
-
-/// Memory descriptor of `t` for reading, with every stride-0 (broadcast) axis turned into
-/// an axis of extent 1: oneDNN's own broadcasting form (binary's src1, matmul batch axes).
-inline memory::desc broadcast_desc_of(const any_tensor_ref& t) {
-    const auto type = data_type_of(t.type());
-    if (!type)
-        throw backend_error("onednn", "dtype " + std::string(dtype_name(t.type())) +
-                                          " has no oneDNN equivalent");
-    if (t.extents().rank() == 0) return memory::desc({1}, *type, memory::dims{1});
-    memory::dims dims(size_t(t.extents().rank())), strides(dims.size());
-    for (int i = 0; i < t.extents().rank(); ++i) {
-        const bool broadcast = t.strides()[size_t(i)] == 0 && t.extents()[i] > 1;
-        dims[size_t(i)] = broadcast ? 1 : t.extents()[i];
         strides[size_t(i)] = t.strides()[size_t(i)];
     }
     return memory::desc(dims, *type, strides);
@@ -227,6 +224,21 @@ inline dnnl::primitive_attr base_attr(const build_context& bx) {
 /// Bytes of the user scratchpad `pd` asks for.
 inline std::size_t scratchpad_bytes(const dnnl::primitive_desc_base& pd) {
     return pd.scratchpad_desc().get_size();
+}
+
+/// True when any operand in `ts` has no elements (nothing for oneDNN to do: plans decline
+/// and the fallback's rules for empty operands apply).
+inline bool any_empty(std::span<const any_tensor_ref> ts) noexcept {
+    return std::any_of(ts.begin(), ts.end(),
+                       [](const any_tensor_ref& t) { return t.extents().numel() == 0; });
+}
+
+/// A plan `P` built from the arguments, or nullptr when it declined (`P::usable()` false).
+template <class P, class... A>
+std::unique_ptr<plan> usable_or_null(A&&... args) {
+    auto p = std::make_unique<P>(std::forward<A>(args)...);
+    if (!p->usable()) return nullptr;
+    return p;
 }
 
 /// Rounds `bytes` up to a multiple of 64 (scratch sub-buffers stay aligned).

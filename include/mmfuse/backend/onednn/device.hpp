@@ -27,7 +27,10 @@
 ///   f32 operands to bf16 with f32 accumulation (per stream, so per model).
 ///
 /// Threads: oneDNN here runs on OpenMP; set the count with `omp_set_num_threads` or
-/// `OMP_NUM_THREADS`.
+/// `OMP_NUM_THREADS` before the first step — a plan is built for the thread count of its
+/// first execution (its scratchpad is sized for it), so call `clear_cache()` after changing
+/// the count. The cache is not bounded: a model with many distinct shapes (varying sequence
+/// lengths) keeps one plan per shape until `clear_cache()`.
 
 #include <cstdint>
 #include <memory>
@@ -282,6 +285,8 @@ inline void onednn_stream::execute(const ops::op_desc& op, std::span<const any_t
     try {
         p.run({&stream_, scratch, p.scratch_bytes, math_}, inputs, outputs);
     } catch (const dnnl::error& e) {
+        throw backend_error("onednn", std::string(ops::op_name(op)) + ": " + e.what());
+    } catch (const backend_error& e) {
         throw backend_error("onednn", std::string(ops::op_name(op)) + ": " + e.what());
     }
     ++stats_.native_ops;

@@ -96,12 +96,6 @@ inline std::vector<int> axis_order_of(const any_tensor_ref& t) {
     return axis_order(strided_dims_of(t));
 }
 
-/// True when any operand in `ts` has no elements.
-inline bool any_empty(std::span<const any_tensor_ref> ts) noexcept {
-    return std::any_of(ts.begin(), ts.end(),
-                       [](const any_tensor_ref& t) { return t.extents().numel() == 0; });
-}
-
 /// Attributes of the data-movement primitives (reorder, concat): user scratchpad only
 /// (the precision's fpmath mode concerns arithmetic, and reorders refuse it).
 inline dnnl::primitive_attr movement_attr() {
@@ -242,7 +236,7 @@ inline std::unique_ptr<plan> make_plan(const ops::copy_desc&, std::span<const an
     const dtype from = in[0].type(), to = out[0].type();
     if (!detail::reorder_type(from) || !detail::reorder_type(to) ||
         (from != to && from != dtype::f32 && to != dtype::f32) ||
-        detail::any_empty(in) || detail::any_empty(out))
+        any_empty(in) || any_empty(out))
         return nullptr;
     const std::vector<int> order = detail::axis_order_of(out[0]);
     auto p = std::make_unique<detail::steps_plan>();
@@ -267,7 +261,7 @@ inline std::unique_ptr<plan> make_plan(const ops::concat_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(in) || detail::any_empty(out)) return nullptr;
+    if (any_empty(in) || any_empty(out)) return nullptr;
     const any_tensor_ref& y = out[0];
     const int ax = y.extents().normalize_axis(d.axis);
     const std::vector<int> order = detail::axis_order_of(y);
@@ -297,7 +291,7 @@ inline std::unique_ptr<plan> make_plan(const ops::split_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(in) || detail::any_empty(out)) return nullptr;
+    if (any_empty(in) || any_empty(out)) return nullptr;
     const any_tensor_ref& x = in[0];
     const int ax = x.extents().normalize_axis(d.axis);
     const std::ptrdiff_t step =

@@ -124,11 +124,11 @@ inline std::unique_ptr<plan> make_plan(const ops::matmul_desc& d,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
     if (out[0].extents().numel() == 0 || in[0].extents()[in[0].extents().rank() - 1] == 0 ||
-        in[0].extents()[in[0].extents().rank() - 2] == 0)
-        return nullptr;  // empty products (K = 0 still scales C by beta): the fallback's rules
-    auto p = std::make_unique<detail::matmul_plan>(d, in, out, bx);
-    if (!p->usable()) return nullptr;
-    return p;
+        in[0].extents()[in[0].extents().rank() - 2] == 0 || d.alpha == 0.0)
+        return nullptr;  // empty products (K = 0 still scales C by beta) and alpha = 0 (BLAS:
+                         // A and B are not read, so NaN in them must not reach C): the
+                         // fallback's rules
+    return usable_or_null<detail::matmul_plan>(d, in, out, bx);
 }
 
 }  // namespace mmfuse::inline v0::backend::onednn

@@ -290,19 +290,6 @@ private:
     dense_vector mean_, var_, gamma_, dgamma_, dbeta_;
 };
 
-/// True when `t` has no element (nothing for oneDNN to do: the fallback's rules apply).
-inline bool empty_rows(const any_tensor_ref& t) noexcept {
-    return t.extents().numel() == 0;
-}
-
-/// `P` built from the arguments, or nullptr when it declined.
-template <class P, class... A>
-std::unique_ptr<plan> usable_or_null(A&&... args) {
-    auto p = std::make_unique<P>(std::forward<A>(args)...);
-    if (!p->usable()) return nullptr;
-    return p;
-}
-
 }  // namespace detail
 
 /// layer_norm runs on oneDNN for f32.
@@ -314,8 +301,8 @@ inline std::unique_ptr<plan> make_plan(const ops::layer_norm_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::empty_rows(in[0])) return nullptr;
-    return detail::usable_or_null<detail::layer_norm_plan>(d, in, out, bx);
+    if (any_empty(in)) return nullptr;
+    return usable_or_null<detail::layer_norm_plan>(d, in, out, bx);
 }
 
 /// layer_norm_backward runs on oneDNN for f32.
@@ -327,8 +314,8 @@ inline std::unique_ptr<plan> make_plan(const ops::layer_norm_backward_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::empty_rows(in[0])) return nullptr;
-    return detail::usable_or_null<detail::layer_norm_backward_plan>(d, in, out, bx);
+    if (any_empty(in)) return nullptr;
+    return usable_or_null<detail::layer_norm_backward_plan>(d, in, out, bx);
 }
 
 // rms_norm_desc / rms_norm_backward_desc: no oneDNN 2.6 primitive; the generic templates of

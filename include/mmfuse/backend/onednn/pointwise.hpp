@@ -82,7 +82,7 @@ inline std::unique_ptr<plan> make_plan(const ops::unary_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(out)) return nullptr;
+    if (any_empty(out)) return nullptr;
     const std::vector<int> order = detail::axis_order_of(out[0]);
     const memory::desc x_md = detail::canonical_desc_of(in[0], order);
     const memory::desc y_md = detail::canonical_desc_of(out[0], order);
@@ -109,7 +109,7 @@ inline std::unique_ptr<plan> make_plan(const ops::unary_backward_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(out)) return nullptr;
+    if (any_empty(out)) return nullptr;
     const std::vector<int> order = detail::axis_order_of(out[0]);
     const memory::desc x_md = detail::canonical_desc_of(in[0], order);
     const memory::desc dy_md = detail::canonical_desc_of(in[1], order);
@@ -143,7 +143,7 @@ inline std::unique_ptr<plan> make_plan(const ops::binary_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(out)) return nullptr;
+    if (any_empty(out)) return nullptr;
     const dnnl::algorithm alg = d.kind == ops::binary_kind::add   ? dnnl::algorithm::binary_add
                                 : d.kind == ops::binary_kind::sub ? dnnl::algorithm::binary_sub
                                                                   : dnnl::algorithm::binary_mul;
@@ -166,7 +166,7 @@ inline std::unique_ptr<plan> make_plan(const ops::bias_add_desc&,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(out)) return nullptr;
+    if (any_empty(out)) return nullptr;
     const any_tensor_ref& x = in[0];
     const size_t rank = size_t(std::max(x.extents().rank(), 1));
     detail::strided_dims bias{memory::dims(rank, 1), memory::dims(rank, 0)};
@@ -193,7 +193,7 @@ inline std::unique_ptr<plan> make_plan(const ops::reduce_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::any_empty(in)) return nullptr;  // includes the NaN mean over an empty axis
+    if (any_empty(in)) return nullptr;  // includes the NaN mean over an empty axis
     const any_tensor_ref& x = in[0];
     const any_tensor_ref& y = out[0];
     const int ax = x.extents().normalize_axis(d.axis);

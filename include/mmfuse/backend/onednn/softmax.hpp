@@ -24,7 +24,7 @@
 #include <span>
 
 #include "mmfuse/backend/onednn/common.hpp"
-#include "mmfuse/backend/onednn/norm.hpp"  // rows_desc, shared_rows_desc, usable_or_null
+#include "mmfuse/backend/onednn/norm.hpp"  // rows_desc, shared_rows_desc
 #include "mmfuse/ops/op_desc.hpp"
 
 namespace mmfuse::inline v0::backend::onednn {
@@ -163,8 +163,8 @@ inline std::unique_ptr<plan> make_plan(const ops::softmax_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (!is_native(d, in[0].type()) || detail::empty_rows(in[0])) return nullptr;
-    return detail::usable_or_null<detail::softmax_plan>(d, in, out, bx);
+    if (!is_native(d, in[0].type()) || any_empty(in)) return nullptr;
+    return usable_or_null<detail::softmax_plan>(d, in, out, bx);
 }
 
 /// softmax_backward runs on oneDNN for f32 (bf16 where the CPU has bf16 kernels) on CPUs
@@ -177,8 +177,8 @@ inline std::unique_ptr<plan> make_plan(const ops::softmax_backward_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
                                        const build_context& bx) {
-    if (detail::empty_rows(in[0])) return nullptr;
-    return detail::usable_or_null<detail::softmax_backward_plan>(d, in, out, bx);
+    if (any_empty(in)) return nullptr;
+    return usable_or_null<detail::softmax_backward_plan>(d, in, out, bx);
 }
 
 }  // namespace mmfuse::inline v0::backend::onednn
