@@ -16,6 +16,7 @@
 /// orders, and reductions over an axis that is not innermost in memory.
 /// Implementation detail of the oneDNN backend.
 
+#include <array>
 #include <memory>
 #include <span>
 #include <utility>
@@ -23,6 +24,7 @@
 
 #include "mmfuse/backend/onednn/common.hpp"
 #include "mmfuse/backend/onednn/layout.hpp"
+#include "mmfuse/backend/onednn/matmul.hpp"
 #include "mmfuse/ops/op_desc.hpp"
 
 namespace mmfuse::inline v0::backend::onednn {
@@ -180,6 +182,95 @@ inline std::unique_ptr<plan> make_plan(const ops::bias_add_desc&,
 
 // ---- reduce -------------------------------------------------------------------------------
 
+namespace detail {
+
+/// A reduction over an axis that is not innermost, as a matrix product with a row of ones:
+/// x viewed as (P, A, Q) (P: the axes before the reduced one merged, A: the reduced axis,
+/// Q: the axes after it merged), y as (P, 1, Q), y = alpha * ones(1, A) x + beta * y with
+/// alpha = 1 (sum) or 1/A (mean) and beta = 1 when accumulating. This is how bias gradients
+/// (a sum over rows) reach oneDNN's GEMM, where oneDNN 2.6's reduction primitive has only its
+/// reference implementation. Declined when the axes around the reduced one cannot be merged
+/// into single strides.
+class ones_product_plan final : public plan {
+public:
+    ones_product_plan(const ops::reduce_desc& d, std::span<const any_tensor_ref> in,
+                      std::span<const any_tensor_ref> out, const build_context& bx) {
+        const any_tensor_ref& x = in[0];
+        const int ax = x.extents().normalize_axis(d.axis);
+        if (!merge(x, 0, ax, p_, p_stride_) || !merge(x, ax + 1, x.extents().rank(), q_, q_stride_))
+            return;
+        a_ = x.extents()[ax];
+        a_stride_ = x.strides()[size_t(ax)];
+        // y holds x's axes but the reduced one (or it with extent 1): the same merges.
+        const any_tensor_ref& y = out[0];
+        const int kept = y.extents().rank() == x.extents().rank() ? 1 : 0;
+        index_t yp = 0, yq = 0;
+        if (!merge(y, 0, ax, yp, yp_stride_) ||
+            !merge(y, ax + kept, y.extents().rank(), yq, yq_stride_) || yp != p_ || yq != q_)
+            return;
+        // Extent-1 axes get the strides a dense layout would give them (oneDNN checks them).
+        if (p_ == 1) p_stride_ = a_ * a_stride_ + q_ * q_stride_;
+        if (yp == 1) yp_stride_ = q_ * yq_stride_;
+        ones_.assign(size_t(a_), 1.0f);
+        const ops::matmul_desc md{false, false,
+                                  d.kind == ops::reduce_kind::mean ? 1.0 / double(a_) : 1.0,
+                                  d.accumulate ? 1.0 : 0.0};
+        const auto views = operands(in, out);
+        product_ = std::make_unique<matmul_plan>(md, std::span<const any_tensor_ref>(views.data(), 2),
+                                                 std::span<const any_tensor_ref>(views.data() + 2, 1), bx);
+        if (!product_->usable()) {
+            product_.reset();
+            return;
+        }
+        scratch_bytes = product_->scratch_bytes;
+    }
+
+    bool usable() const noexcept { return product_ != nullptr; }
+
+    void run(const run_context& cx, std::span<const any_tensor_ref> in,
+             std::span<const any_tensor_ref> out) override {
+        const auto views = operands(in, out);
+        product_->run(cx, std::span<const any_tensor_ref>(views.data(), 2),
+                      std::span<const any_tensor_ref>(views.data() + 2, 1));
+    }
+
+private:
+    /// Merges axes [from, to) of `t` into one of extent `n` and stride `stride` (n = 1 for
+    /// an empty range); false when their strides do not nest.
+    static bool merge(const any_tensor_ref& t, int from, int to, index_t& n, index_t& stride) {
+        n = 1;
+        stride = 1;
+        for (int k = to - 1; k >= from; --k) {
+            const index_t e = t.extents()[k];
+            if (e == 1) continue;
+            if (n > 1 && t.strides()[size_t(k)] != n * stride) return false;
+            if (n == 1) stride = t.strides()[size_t(k)];
+            n *= e;
+        }
+        return true;
+    }
+
+    /// ones (1, A), x as (P, A, Q), y as (P, 1, Q), over this call's memory.
+    std::array<any_tensor_ref, 3> operands(std::span<const any_tensor_ref> in,
+                                           std::span<const any_tensor_ref> out) const {
+        const std::array<index_t, 2> ones_strides{a_, 1};
+        const std::array<index_t, 3> x_strides{p_stride_, a_stride_, q_stride_};
+        const std::array<index_t, 3> y_strides{yp_stride_, q_ * yq_stride_, yq_stride_};
+        return {any_tensor_ref(tensor_ref<const float>(ones_.data(), extents{1, a_}, ones_strides)),
+                any_tensor_ref(tensor_ref<const float>(static_cast<const float*>(in[0].data()),
+                                                       extents{p_, a_, q_}, x_strides)),
+                any_tensor_ref(tensor_ref<float>(static_cast<float*>(out[0].data()),
+                                                 extents{p_, 1, q_}, y_strides))};
+    }
+
+    std::vector<float> ones_;
+    std::unique_ptr<matmul_plan> product_;
+    index_t p_ = 1, a_ = 1, q_ = 1;
+    index_t p_stride_ = 1, a_stride_ = 1, q_stride_ = 1, yp_stride_ = 1, yq_stride_ = 1;
+};
+
+}  // namespace detail
+
 /// Sums and means run on oneDNN for f32 (and bf16 where the CPU has bf16 kernels).
 inline bool is_native(const ops::reduce_desc&, dtype t) noexcept {
     return native_float(t);
@@ -187,8 +278,9 @@ inline bool is_native(const ops::reduce_desc&, dtype t) noexcept {
 
 /// y = sum or mean of x over `axis` (in: x; out: y with the axis removed or of extent 1),
 /// added to y with `accumulate` (a sum post-op), one reduction primitive accumulating in
-/// f32. Declined where oneDNN has only its reference reduction: on oneDNN 2.6, an axis that
-/// is not innermost in memory.
+/// f32. Where oneDNN has only its reference reduction (on oneDNN 2.6, an axis that is not
+/// innermost in memory, e.g. a bias gradient summed over rows) it is a product with a row of
+/// ones on oneDNN's GEMM instead (`ones_product_plan`); declined when neither fits.
 inline std::unique_ptr<plan> make_plan(const ops::reduce_desc& d,
                                        std::span<const any_tensor_ref> in,
                                        std::span<const any_tensor_ref> out,
@@ -221,10 +313,13 @@ inline std::unique_ptr<plan> make_plan(const ops::reduce_desc& d,
                                              ? dnnl::algorithm::reduction_sum
                                              : dnnl::algorithm::reduction_mean,
                                          x_md, y_md, attr);
-    return detail::single_step_plan<dnnl::reduction>(
-        pd, *bx.engine, [&](detail::primitive_step& s) {
-            s.input(DNNL_ARG_SRC, x_md, 0, *bx.engine).output(DNNL_ARG_DST, y_md, 0, *bx.engine);
-        });
+    if (auto p = detail::single_step_plan<dnnl::reduction>(
+            pd, *bx.engine, [&](detail::primitive_step& s) {
+                s.input(DNNL_ARG_SRC, x_md, 0, *bx.engine)
+                    .output(DNNL_ARG_DST, y_md, 0, *bx.engine);
+            }))
+        return p;
+    return usable_or_null<detail::ones_product_plan>(d, in, out, bx);
 }
 
 }  // namespace mmfuse::inline v0::backend::onednn
