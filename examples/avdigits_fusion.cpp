@@ -92,6 +92,7 @@
 #include "common/classification.hpp"
 #include "common/flags.hpp"
 #include "common/png.hpp"
+#include "common/report.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/compose/seq.hpp"
 #include "mmfuse/fusion/bottleneck.hpp"
@@ -189,26 +190,12 @@ std::pair<dataset, dataset> load(const std::filesystem::path& dir) {
     const examples::avdigits_split te = examples::load_avdigits(dir, "test");
     if (tr.frames != 48 || tr.mels != 32 || te.frames != 48 || te.mels != 32)
         throw std::runtime_error("avdigits: expected 48 frames x 32 mel bands");
-    const std::size_t M = tr.mels;
-    std::vector<double> mean(M, 0.0), var(M, 0.0);
-    const std::size_t rows = tr.size() * tr.frames;
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t m = 0; m < M; ++m) mean[m] += tr.logmel[r * M + m];
-    for (auto& v : mean) v /= double(rows);
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t m = 0; m < M; ++m) {
-            const double d = tr.logmel[r * M + m] - mean[m];
-            var[m] += d * d;
-        }
+    const examples::logmel_band_stats stats = examples::band_stats(tr);
     const auto convert = [&](const examples::avdigits_split& s) {
         dataset d;
         d.n = index_t(s.size());
         d.image = s.images;
-        d.audio.resize(s.logmel.size());
-        for (std::size_t k = 0; k < s.logmel.size(); ++k) {
-            const std::size_t m = k % M;
-            d.audio[k] = float((s.logmel[k] - mean[m]) / std::sqrt(var[m] / double(rows) + 1e-8));
-        }
+        d.audio = examples::standardised_logmel(s, stats);
         d.label.assign(s.labels.begin(), s.labels.end());
         return d;
     };
@@ -405,11 +392,7 @@ struct row {
     }
 };
 
-std::string fmt(const char* f, auto... args) {
-    char buf[512];
-    std::snprintf(buf, sizeof buf, f, args...);
-    return buf;
-}
+using examples::fmt;
 
 std::string table(const std::vector<row>& rows) {
     std::string t =

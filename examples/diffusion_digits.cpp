@@ -71,6 +71,8 @@
 #include "common/digits.hpp"
 #include "common/flags.hpp"
 #include "common/png.hpp"
+#include "common/report.hpp"
+#include "common/weighted_mse.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/diffusion/denoiser.hpp"
 #include "mmfuse/diffusion/guidance.hpp"
@@ -374,9 +376,7 @@ examples::rgb_image image_grid(const mf::tensor<float>& images, int rows, int pe
     return img;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using examples::seconds_since;
 
 int run(int argc, char** argv) {
     index_t epochs = 60;
@@ -567,15 +567,7 @@ int run(int argc, char** argv) {
             model.zero_grad();
             const auto pred = net.forward(cx, x_t.cref(), features.cref(), labels.cref());
             // loss = mean over rows and pixels of w_r (pred - target)^2
-            double loss = 0.0;
-            const double norm = 1.0 / double(batch * pixels);
-            for (index_t r = 0; r < batch; ++r)
-                for (index_t k = 0; k < pixels; ++k) {
-                    const double e = double(pred(r, k)) - double(target(r, k));
-                    loss += w[std::size_t(r)] * e * e * norm;
-                    dpred(r, k) = float(2.0 * w[std::size_t(r)] * e * norm);
-                }
-            loss_sum += loss;
+            loss_sum += examples::weighted_mse(pred, target, w, dpred);
             net.backward(cx, dpred.cref());
             opt.set_lr(lr_schedule(step + 1));
             opt.step(model);

@@ -92,6 +92,8 @@
 #include "common/classification.hpp"
 #include "common/flags.hpp"
 #include "common/png.hpp"
+#include "common/report.hpp"
+#include "common/weighted_mse.hpp"
 #include "mmfuse/backend/registry.hpp"
 #include "mmfuse/contrastive/clip.hpp"
 #include "mmfuse/contrastive/projection.hpp"
@@ -139,15 +141,8 @@ constexpr index_t embed_dim = 32;                             // the contrastive
 constexpr index_t time_features = 32;
 constexpr int denoiser_blocks = 2;
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-std::string fmt(const char* f, auto... args) {
-    char buf[1024];
-    std::snprintf(buf, sizeof buf, f, args...);
-    return buf;
-}
+using examples::fmt;
+using examples::seconds_since;
 
 // ---- data ---------------------------------------------------------------------------------
 struct dataset {
@@ -164,27 +159,14 @@ std::pair<dataset, dataset> load(const std::filesystem::path& dir) {
     const examples::avdigits_split te = examples::load_avdigits(dir, "test");
     if (tr.frames != 48 || tr.mels != 32 || te.frames != 48 || te.mels != 32)
         throw std::runtime_error("avdigits: expected 48 frames x 32 mel bands");
-    const std::size_t M = tr.mels, rows = tr.size() * tr.frames;
-    std::vector<double> mean(M, 0.0), var(M, 0.0);
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t m = 0; m < M; ++m) mean[m] += tr.logmel[r * M + m];
-    for (auto& v : mean) v /= double(rows);
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t m = 0; m < M; ++m) {
-            const double d = tr.logmel[r * M + m] - mean[m];
-            var[m] += d * d;
-        }
+    const examples::logmel_band_stats stats = examples::band_stats(tr);
     const auto convert = [&](const examples::avdigits_split& s) {
         dataset d;
         d.n = index_t(s.size());
         d.image.resize(s.images.size());
         for (std::size_t k = 0; k < s.images.size(); ++k) d.image[k] = 2.0f * s.images[k] - 1.0f;
         d.logmel = s.logmel;
-        d.audio.resize(s.logmel.size());
-        for (std::size_t k = 0; k < s.logmel.size(); ++k) {
-            const std::size_t m = k % M;
-            d.audio[k] = float((s.logmel[k] - mean[m]) / std::sqrt(var[m] / double(rows) + 1e-8));
-        }
+        d.audio = examples::standardised_logmel(s, stats);
         d.label.assign(s.labels.begin(), s.labels.end());
         d.speaker = s.speakers;
         return d;
@@ -821,15 +803,7 @@ int run(int argc, char** argv) {
                 workspace.reset();
                 model.zero_grad();
                 const auto pred = net.forward(cx, x_t.cref(), features.cref(), ctx.cref(), keep_mask.cref());
-                double loss = 0;
-                const double norm = 1.0 / double(batch * pixels);
-                for (index_t r = 0; r < batch; ++r)
-                    for (index_t k = 0; k < pixels; ++k) {
-                        const double e = double(pred(r, k)) - double(target(r, k));
-                        loss += w[std::size_t(r)] * e * e * norm;
-                        dpred(r, k) = float(2.0 * w[std::size_t(r)] * e * norm);
-                    }
-                loss_sum += loss;
+                loss_sum += examples::weighted_mse(pred, target, w, dpred);
                 net.backward(cx, dpred.cref());
                 opt.set_lr(lr_schedule(step + 1));
                 opt.step(model);

@@ -75,21 +75,8 @@
 #include "mmfuse/nn/multi_head_attention.hpp"
 #include "mmfuse/nn/transformer.hpp"
 
-// ---- heap-allocation counter: replaces the global operator new / delete -----------------
-namespace {
-constinit mmfuse_bench::heap_counter g_heap;
-[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
-}  // namespace
-mmfuse_bench::heap_counter& mmfuse_bench::heap() { return g_heap; }
-
-void* operator new(std::size_t n) {
-    if (g_heap.counting.load(std::memory_order_relaxed))
-        g_heap.calls.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { release(p); }
-void operator delete(void* p, std::size_t) noexcept { release(p); }
+// The heap-allocation counter: replaces the global operator new / delete.
+#include "fusion/heap_counter_new.hpp"
 
 namespace {
 

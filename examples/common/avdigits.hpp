@@ -241,4 +241,40 @@ inline avdigits_split load_avdigits(const std::filesystem::path& dir, std::strin
     return d;
 }
 
+/// Per-mel-band statistics of a split's log-mel over every frame of every example: the
+/// normalisation the examples fit on the training split and apply to both.
+struct logmel_band_stats {
+    std::vector<double> mean, variance;  // (M) each, biased variance
+};
+
+inline logmel_band_stats band_stats(const avdigits_split& s) {
+    const std::size_t M = s.mels, rows = s.size() * s.frames;
+    logmel_band_stats st{std::vector<double>(M, 0.0), std::vector<double>(M, 0.0)};
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t m = 0; m < M; ++m) st.mean[m] += s.logmel[r * M + m];
+    for (auto& v : st.mean) v /= double(rows);
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t m = 0; m < M; ++m) {
+            const double d = s.logmel[r * M + m] - st.mean[m];
+            st.variance[m] += d * d;
+        }
+    for (auto& v : st.variance) v /= double(rows);
+    return st;
+}
+
+/// s.logmel standardised per band with `st`: (x - mean_m) / sqrt(variance_m + 1e-8), (N, T, M).
+/// Throws std::runtime_error when `st` has another number of bands than `s`.
+inline std::vector<float> standardised_logmel(const avdigits_split& s, const logmel_band_stats& st) {
+    const std::size_t M = s.mels;
+    if (st.mean.size() != M || st.variance.size() != M)
+        throw std::runtime_error("avdigits: band statistics for " + std::to_string(st.mean.size()) +
+                                 " mel bands applied to a split with " + std::to_string(M));
+    std::vector<float> out(s.logmel.size());
+    for (std::size_t k = 0; k < s.logmel.size(); ++k) {
+        const std::size_t m = k % M;
+        out[k] = float((s.logmel[k] - st.mean[m]) / std::sqrt(st.variance[m] + 1e-8));
+    }
+    return out;
+}
+
 }  // namespace examples
