@@ -49,7 +49,11 @@ std::vector<double> karras(int n, double lo, double hi) {
     return edm_sigmas(n, lo, hi);
 }
 
-/// max_i |x_i - ODE endpoint_i| after sampling from x (at sigmas[0]) with `method`.
+/// max_i |x_i - e_i| / |e_i - mu_i| after sampling from x (at sigmas[0]) with `method`, where
+/// e_i is the exact ODE endpoint. mu_i is a fixed point of the Gaussian ODE and every step of
+/// these samplers is affine in x - mu, so this relative error depends on the sampler, the
+/// step count and s_i alone, not on the drawn start: the bound below cannot be missed by an
+/// unlucky draw, only by a wrong update rule.
 double endpoint_error(k_method method, int steps, const gaussian_data& g,
                       const std::vector<double>& start, int* calls) {
     auto& s = backend::default_stream();
@@ -60,8 +64,10 @@ double endpoint_error(k_method method, int steps, const gaussian_data& g,
     ve_denoiser_fn d{&g, calls};
     sampler.sample(d, x.ref());
     double worst = 0.0;
-    for (std::size_t i = 0; i < start.size(); ++i)
-        worst = std::max(worst, std::abs(x[index_t(i)] - g.ode_endpoint(i, start[i], sig[0])));
+    for (std::size_t i = 0; i < start.size(); ++i) {
+        const double e = g.ode_endpoint(i, start[i], sig[0]);
+        worst = std::max(worst, std::abs(x[index_t(i)] - e) / std::abs(e - g.mu[i]));
+    }
     return worst;
 }
 
@@ -74,8 +80,11 @@ TEST_CASE("k-diffusion deterministic samplers converge to the exact ODE endpoint
     const gaussian_data g = make_gaussian_data(rng, n);
     std::vector<double> start(n);
     std::normal_distribution<double> normal;
-    for (std::size_t i = 0; i < n; ++i)
-        start[i] = g.mu[i] + std::sqrt(g.s[i] * g.s[i] + 80.0 * 80.0) * normal(rng);
+    for (std::size_t i = 0; i < n; ++i) {
+        double z = normal(rng);
+        while (std::abs(z) < 0.1) z = normal(rng);  // keeps e_i - mu_i clear of rounding
+        start[i] = g.mu[i] + std::sqrt(g.s[i] * g.s[i] + 80.0 * 80.0) * z;
+    }
     struct expect {
         k_method m;
         double order;  // minimum observed error ratio between N and 2N steps is 2^order / slack
@@ -96,7 +105,9 @@ TEST_CASE("k-diffusion deterministic samplers converge to the exact ODE endpoint
         CHECK(e2 < e1);
         // Convergence: halving the step size shrinks the error by ~2^order.
         CHECK(e1 / e2 > std::pow(2.0, c.order) * 0.6);
-        CHECK(e2 < (c.m == k_method::euler ? 0.15 : 0.05));
+        // Relative endpoint errors at 48 steps over s in [0.4, 1.5] (seeds 1-20): Euler
+        // 0.057-0.060, the second-order methods 0.0019-0.0075.
+        CHECK(e2 < (c.m == k_method::euler ? 0.075 : 0.01));
     }
 }
 
