@@ -9,6 +9,10 @@
 //   BM_raw_matmul/onednn/M<m>xK<k>xN<n>/t<threads>/fwd    one cached dnnl::matmul, f32,
 //                                                         C (M, N) = A (M, K) W^T, W (N, K)
 //                                                         stored as nn.Linear does
+//   BM_precision_matmul/<f32|bf16>/M<m>xK<k>xN<n>/t<threads>  ops::matmul of that shape on a
+//                                                         oneDNN stream at that precision
+//                                                         (registered only on CPUs with bf16
+//                                                         kernels)
 //
 // Blocks (the library's own modules; E 512, 8 heads, MLP 2048, L 64 tokens):
 //   linear           nn::linear(512, 2048) on (B, 64, 512)
@@ -74,6 +78,7 @@
 #include "mmfuse/nn/linear.hpp"
 #include "mmfuse/nn/multi_head_attention.hpp"
 #include "mmfuse/nn/transformer.hpp"
+#include "mmfuse/ops/matmul.hpp"
 
 // The heap-allocation counter: replaces the global operator new / delete.
 #include "fusion/heap_counter_new.hpp"
@@ -472,6 +477,50 @@ void add_raw_matmul(index_t m, index_t k, index_t n, int threads) {
         ->UseRealTime();
 }
 
+// ---- f32 vs bf16 precision (CPUs with bf16 kernels only) -----------------------------------
+
+/// ops::matmul on a fresh oneDNN stream at `math` precision, nn.Linear's layout (C = A W^T):
+/// under bf16 each step includes rounding A and W into bf16 copies (the plan's reorders).
+void bm_precision_matmul(benchmark::State& state, index_t m, index_t k, index_t n, int threads,
+                         onednn::precision math) {
+    try {
+        set_threads(threads);
+        const auto s = mmfuse::backend::registry::global().get("onednn").create_stream();
+        auto& os = static_cast<onednn::onednn_stream&>(*s);
+        os.set_precision(math);
+        const tensor<T> a = gaussian(extents{m, k}, 1), w = gaussian(extents{n, k}, 2);
+        tensor<T> c(extents{m, n});
+        const auto step = [&] {
+            ops::matmul<T>(os, a.cref(), w.cref(), c.ref(), {.transpose_b = true});
+            os.synchronize();
+        };
+        step();  // builds the plan
+        for (auto _ : state) {
+            step();
+            benchmark::DoNotOptimize(c.data());
+        }
+        const double flops = 2.0 * double(m) * double(k) * double(n);
+        state.counters["FLOP/s"] =
+            benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+        state.counters["fallback_ops"] = double(os.stats().fallback_ops);
+    } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
+void add_precision_matmul(index_t m, index_t k, index_t n, int threads) {
+    for (const auto math : {onednn::precision::f32, onednn::precision::bf16}) {
+        const std::string name = std::string("BM_precision_matmul/") +
+                                 (math == onednn::precision::f32 ? "f32" : "bf16") + "/M" +
+                                 std::to_string(m) + "xK" + std::to_string(k) + "xN" +
+                                 std::to_string(n) + "/t" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(), bm_precision_matmul, m, k, n, threads, math)
+            ->Unit(benchmark::kMillisecond)
+            ->MeasureProcessCPUTime()
+            ->UseRealTime();
+    }
+}
+
 void register_all() {
     for (const int t : thread_counts()) {
         // The ceilings: the blocks' big GEMM (rows x 512 x 2048) at every row count they
@@ -480,6 +529,9 @@ void register_all() {
                                    32 * tokens, 128 * tokens})
             add_raw_matmul(rows, width, mlp, t);
         add_raw_matmul(1024, 1024, 1024, t);
+        if (onednn::cpu_has_bf16())  // elsewhere bf16 precision computes f32: nothing to compare
+            for (const index_t rows : {tokens, 32 * tokens})
+                add_precision_matmul(rows, width, mlp, t);
 
         const auto seq = [](index_t b) { return std::vector<extents>{extents{b, tokens, width}}; };
         add_block<1>("linear", [] { return linear(width, mlp); }, seq, with_large, t);

@@ -172,8 +172,51 @@ TEST_CASE("bf16 precision: matmuls within the bf16 tolerance, separate plans",
                                       << "); CPU has bf16 kernels: " << onednn::cpu_has_bf16());
     CHECK(worst <= bf16_tol);
     CHECK(mmfuse_test::max_rel_error(f32, ref) <= 1e-5);
-    if (!onednn::cpu_has_bf16())  // oneDNN computes f32 where it has no bf16 kernels
+    if (onednn::cpu_has_bf16())  // the operands were really rounded: bf16 differs from f32
+        CHECK(mmfuse_test::max_rel_error(bf, ref) > 1e-4);
+    else  // oneDNN computes f32 where it has no bf16 kernels
         CHECK(mmfuse_test::max_rel_error(bf, ref) <= 1e-5);
+}
+
+TEST_CASE("bf16 precision rounds each operand once, whatever its layout",
+          "[onednn][bf16]") {
+    // A transposed, batched A and a rank-2 weight shared by the batch (nn.Linear's layout),
+    // alpha, a fused bias + ReLU: on a CPU with bf16 kernels the result must equal the double
+    // product of the bf16-rounded operands (f32 accumulation error only) and differ from the
+    // f32 product; elsewhere it must be the f32 product.
+    onednn::onednn_stream& s = fresh_stream();
+    s.set_precision(onednn::precision::bf16);
+    auto rng = mmfuse_test::make_rng(706);
+    const index_t batch = 3, m = 20, k = 96, n = 40;
+    const auto a = mmfuse_test::random_tensor<float>({batch, k, m}, rng);  // read as A^T
+    const auto w = mmfuse_test::random_tensor<float>({n, k}, rng);         // read as W^T
+    const auto bias = mmfuse_test::random_tensor<float>({n}, rng);
+    tensor<float> c({batch, m, n});
+    mmfuse_test::poison(c);
+    ops::matmul<float>(s, a.cref(), w.cref(), bias.cref(), c.ref(),
+                       {.transpose_a = true, .transpose_b = true, .alpha = 0.5,
+                        .epilogue = ops::matmul_epilogue::bias_relu});
+    const auto reference = [&](bool round) {
+        const auto v = [round](float x) { return round ? double(float(bf16(x))) : double(x); };
+        std::vector<double> ref;
+        for (index_t bb = 0; bb < batch; ++bb)
+            for (index_t i = 0; i < m; ++i)
+                for (index_t j = 0; j < n; ++j) {
+                    double acc = 0;
+                    for (index_t kk = 0; kk < k; ++kk)
+                        acc += v(a[(bb * k + kk) * m + i]) * v(w[j * k + kk]);
+                    ref.push_back(std::max(0.0, 0.5 * acc + double(bias[j])));
+                }
+        return ref;
+    };
+    CHECK(s.stats().fallback_ops == 0);
+    INFO("CPU has bf16 kernels: " << onednn::cpu_has_bf16());
+    if (onednn::cpu_has_bf16()) {
+        CHECK(mmfuse_test::max_rel_error(c, reference(true)) <= 1e-5);
+        CHECK(mmfuse_test::max_rel_error(c, reference(false)) > 1e-4);
+    } else {
+        CHECK(mmfuse_test::max_rel_error(c, reference(false)) <= 1e-5);
+    }
 }
 
 TEST_CASE("a transformer layer trains the same on onednn as on eigen", "[onednn][nn]") {

@@ -39,9 +39,9 @@ using dnnl::memory;
 /// What an f32 op may compute in (per stream, so per model: DESIGN decision 6).
 enum class precision : std::uint8_t {
     f32,   ///< IEEE f32 throughout (default; what parity tests hold to 1e-5)
-    bf16,  ///< matmuls may round f32 operands to bf16 and accumulate in f32
-           ///< (`fpmath_mode::bf16`); oneDNN does so on CPUs with AVX512-BF16 or AMX and
-           ///< computes f32 elsewhere
+    bf16,  ///< `matmul` ops round their f32 operands to bf16 and accumulate in f32 (f32
+           ///< bias and output) on CPUs with bf16 kernels (AVX512-BF16, AMX); elsewhere, and
+           ///< for the products inside `attention`, they compute in f32
 };
 
 /// oneDNN's element type for `t`, or nothing for dtypes oneDNN does not compute in (f64).

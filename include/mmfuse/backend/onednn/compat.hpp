@@ -58,6 +58,15 @@ inline int ndims(const memory::desc& md) {
 #endif
 }
 
+/// Extents of `md`.
+inline memory::dims dims(const memory::desc& md) {
+#if DNNL_VERSION_MAJOR >= 3
+    return md.get_dims();
+#else
+    return md.dims();
+#endif
+}
+
 inline dnnl::matmul::primitive_desc matmul_pd(const engine& eng, const memory::desc& a,
                                               const memory::desc& b, const memory::desc& c,
                                               const primitive_attr& attr) {

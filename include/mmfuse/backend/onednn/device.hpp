@@ -23,8 +23,9 @@
 ///   documented route, counted in `stats()`; `set_fallback(nullptr)` turns it into a
 ///   `backend_error` instead. A native op whose layout oneDNN serves only with its scalar
 ///   reference implementation (e.g. a matmul operand with no unit stride) takes the same route.
-/// * **Precision.** f32 is the default; `set_precision(precision::bf16)` lets matmuls round
-///   f32 operands to bf16 with f32 accumulation (per stream, so per model).
+/// * **Precision.** f32 is the default; `set_precision(precision::bf16)` makes `matmul` ops
+///   round their f32 operands to bf16 and accumulate in f32 (per stream, so per model) on
+///   CPUs with bf16 kernels; on others the products stay f32.
 ///
 /// Threads: oneDNN here runs on OpenMP; set the count with `omp_set_num_threads` or
 /// `OMP_NUM_THREADS` before the first step — a plan is built for the thread count of its

@@ -8,8 +8,13 @@
 /// leading batch axes of extent 1 (oneDNN broadcasts them), as does a stride-0 batch axis.
 /// Declined (the op falls back) when oneDNN would pick its reference implementation (e.g. no
 /// unit stride in either of an operand's last two axes) or cannot build the primitive.
+/// Under `precision::bf16` on a CPU with bf16 kernels, f32 A and B are first reordered into
+/// dense bf16 copies in the plan's scratch and the product runs bf16 x bf16 -> f32 (f32
+/// accumulation, f32 bias and C): oneDNN 2.6 ignores `fpmath_mode` on CPUs, so the rounding is
+/// explicit (it is also what v3's implicit down-conversion computes).
 /// Implementation detail of the oneDNN backend.
 
+#include <algorithm>
 #include <memory>
 #include <span>
 
@@ -46,15 +51,73 @@ inline memory::desc matmul_operand_desc(const any_tensor_ref& t, int rank, bool 
     return memory::desc(dims, *data_type_of(t.type()), strides);
 }
 
+/// One f32 matmul operand rounded to bf16 before the product (`precision::bf16` on CPUs with
+/// bf16 kernels): a reorder from the operand's strided f32 layout into a dense bf16 copy at a
+/// fixed offset of the plan's scratch. Shared by every plan that issues matmuls.
+class bf16_operand {
+public:
+    /// True when operands of type `t` are staged under `bx`: f32 under precision::bf16 where
+    /// oneDNN has bf16 kernels (elsewhere the product stays f32, as documented).
+    static bool wanted(dtype t, const build_context& bx) noexcept {
+        return bx.math == precision::bf16 && t == dtype::f32 && cpu_has_bf16();
+    }
+
+    /// Builds the reorder of an operand described by `md` (f32, any strides) into a dense bf16
+    /// copy; returns the copy's descriptor. `place` then fixes where the copy sits.
+    memory::desc build(const memory::desc& md, const dnnl::engine& eng) {
+        const memory::dims dims = compat::dims(md);
+        memory::dims strides(dims.size(), 1);
+        for (std::size_t i = dims.size() - 1; i > 0; --i)
+            strides[i - 1] = strides[i] * dims[i];
+        const memory::desc dense(dims, memory::data_type::bf16, strides);
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        const auto pd = compat::reorder_pd(eng, md, dense, attr);
+        reorder_pad_ = scratchpad_bytes(pd);
+        bytes = align64(dense.get_size());
+        prim_ = bound_primitive(dnnl::reorder(pd));
+        prim_.bind(DNNL_ARG_FROM, md, eng);
+        prim_.bind(DNNL_ARG_TO, dense, eng);
+        prim_.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), eng);
+        return dense;
+    }
+
+    /// Puts the copy `offset` bytes into the plan's scratch.
+    void place(std::size_t offset) noexcept { offset_ = offset; }
+
+    /// Rounds `src` into the copy (in `scratch`, whose first `pad` bytes the reorder may use as
+    /// its own scratchpad) and returns the copy.
+    const void* operator()(const run_context& cx, const void* src, std::byte* pad) {
+        std::byte* copy = cx.scratch + offset_;
+        prim_(*cx.stream, src, copy, pad);
+        return copy;
+    }
+
+    /// Bytes of the copy (64-aligned) and of the reorder's own scratchpad.
+    std::size_t bytes = 0;
+    std::size_t scratchpad() const noexcept { return reorder_pad_; }
+
+private:
+    bound_primitive prim_;
+    std::size_t offset_ = 0;
+    std::size_t reorder_pad_ = 0;
+};
+
 class matmul_plan final : public plan {
 public:
     matmul_plan(const ops::matmul_desc& d, std::span<const any_tensor_ref> in,
                 std::span<const any_tensor_ref> out, const build_context& bx) {
         const any_tensor_ref& c = out[0];
         const int rank = c.extents().rank();
-        const memory::desc a_md = matmul_operand_desc(in[0], rank, d.transpose_a);
-        const memory::desc b_md = matmul_operand_desc(in[1], rank, d.transpose_b);
+        memory::desc a_md = matmul_operand_desc(in[0], rank, d.transpose_a);
+        memory::desc b_md = matmul_operand_desc(in[1], rank, d.transpose_b);
         const memory::desc c_md = desc_of(c);
+        // Scratch layout: [oneDNN scratchpad (shared) | bf16 copy of A | bf16 copy of B].
+        staged_ = bf16_operand::wanted(in[0].type(), bx) && bf16_operand::wanted(in[1].type(), bx);
+        if (staged_) {
+            a_md = a_bf16_.build(a_md, *bx.engine);
+            b_md = b_bf16_.build(b_md, *bx.engine);
+        }
 
         dnnl::primitive_attr attr = base_attr(bx);
         alpha_ = float(d.alpha);
@@ -80,7 +143,10 @@ public:
 
         const auto pd = compat::matmul_pd(*bx.engine, a_md, b_md, c_md, attr);
         if (is_reference_impl(pd)) return;  // declined: Eigen is faster
-        scratch_bytes = scratchpad_bytes(pd);
+        pad_ = align64(std::max({scratchpad_bytes(pd), a_bf16_.scratchpad(), b_bf16_.scratchpad()}));
+        scratch_bytes = pad_ + a_bf16_.bytes + b_bf16_.bytes;
+        a_bf16_.place(pad_);
+        b_bf16_.place(pad_ + a_bf16_.bytes);
         prim_ = bound_primitive(dnnl::matmul(pd));
         prim_.bind(DNNL_ARG_SRC, a_md, *bx.engine);
         prim_.bind(DNNL_ARG_WEIGHTS, b_md, *bx.engine);
@@ -99,7 +165,14 @@ public:
 
     void run(const run_context& cx, std::span<const any_tensor_ref> in,
              std::span<const any_tensor_ref> out) override {
-        std::array<void*, 6> handles{in[0].data(), in[1].data(), out[0].data(), cx.scratch};
+        const void* a = in[0].data();
+        const void* b = in[1].data();
+        if (staged_) {
+            a = a_bf16_(cx, a, cx.scratch);
+            b = b_bf16_(cx, b, cx.scratch);
+        }
+        std::array<void*, 6> handles{const_cast<void*>(a), const_cast<void*>(b), out[0].data(),
+                                     cx.scratch};
         if (bias_slot_ >= 0) handles[size_t(bias_slot_)] = in[2].data();
         if (scale_slot_ >= 0) handles[size_t(scale_slot_)] = &alpha_;
         prim_.execute(*cx.stream, handles);
@@ -107,6 +180,9 @@ public:
 
 private:
     bound_primitive prim_;
+    bool staged_ = false;
+    bf16_operand a_bf16_, b_bf16_;
+    std::size_t pad_ = 0;
     float alpha_ = 1.0f;
     int bias_slot_ = -1;
     int scale_slot_ = -1;
