@@ -219,6 +219,38 @@ TEST_CASE("bf16 precision rounds each operand once, whatever its layout",
     }
 }
 
+TEST_CASE("a row-major B copied column-major gives the same product", "[onednn]") {
+    // Mid-sized products with a row-major B (a linear layer's input gradient dY W) run on a
+    // column-major copy of B where oneDNN uses its AVX2 GEMM: one extra primitive (the copy),
+    // the same numbers (f32, batched A, broadcast B, alpha, beta and a fused bias).
+    onednn::onednn_stream& s = fresh_stream();
+    auto rng = mmfuse_test::make_rng(707);
+    const index_t batch = 2, m = 128, k = 256, n = 320;
+    const auto a = mmfuse_test::random_tensor<float>({batch, m, k}, rng);
+    const auto b = mmfuse_test::random_tensor<float>({k, n}, rng);
+    const auto bias = mmfuse_test::random_tensor<float>({n}, rng);
+    const auto c0 = mmfuse_test::random_tensor<float>({batch, m, n}, rng);
+    tensor<float> c({batch, m, n});
+    std::copy(c0.data(), c0.data() + c0.numel(), c.data());
+    const auto before = s.stats();
+    ops::matmul<float>(s, a.cref(), b.cref(), bias.cref(), c.ref(),
+                       {.alpha = 0.5, .beta = 2.0, .epilogue = ops::matmul_epilogue::bias});
+    const auto after = s.stats();
+    CHECK(after.native_ops - before.native_ops == 1);
+    CHECK(after.primitive_executions - before.primitive_executions ==
+          (onednn::f32_matmul_is_gemm_jit() ? 2u : 1u));
+    std::vector<double> ref;
+    for (index_t bb = 0; bb < batch; ++bb)
+        for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < n; ++j) {
+                double acc = 0;
+                for (index_t kk = 0; kk < k; ++kk)
+                    acc += double(a[(bb * m + i) * k + kk]) * double(b[kk * n + j]);
+                ref.push_back(0.5 * acc + 2.0 * double(c0[(bb * m + i) * n + j]) + double(bias[j]));
+            }
+    CHECK(mmfuse_test::max_rel_error(c, ref) <= 1e-5);
+}
+
 TEST_CASE("a transformer layer trains the same on onednn as on eigen", "[onednn][nn]") {
     using layer = nn::transformer_encoder_layer<32, 4, 64, float>;
     const index_t batch = 3, len = 10;

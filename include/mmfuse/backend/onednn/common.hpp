@@ -81,6 +81,22 @@ inline bool cpu_has_bf16() noexcept {
     return has;
 }
 
+/// True when oneDNN serves f32 matmuls here with its BLAS-like `gemm:jit` kernels (AVX2 CPUs;
+/// AVX512 ones get `brg:` kernels), probed once.
+inline bool f32_matmul_is_gemm_jit() noexcept {
+    static const bool is = [] {
+        try {
+            const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+            const memory::desc md({256, 256}, memory::data_type::f32, memory::format_tag::ab);
+            const auto pd = compat::matmul_pd(eng, md, md, md, dnnl::primitive_attr());
+            return std::string_view(pd.impl_info_str()) == "gemm:jit";
+        } catch (...) {
+            return false;
+        }
+    }();
+    return is;
+}
+
 /// True when a tensor of dtype `t` can be an operand of a native oneDNN op here: f32
 /// always, bf16 where the CPU has bf16 kernels.
 inline bool native_float(dtype t) noexcept {
