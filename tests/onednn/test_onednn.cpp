@@ -53,6 +53,23 @@ std::vector<double> product(backend::stream& s, const tensor<float>& a, const te
     return to_doubles(c.cref());
 }
 
+/// Double-precision reference of a batched product, row-major over (batch, i, j):
+/// finish(batch, i, j, sum_k a(batch, i, k) * b(k, j)).
+template <class A, class B, class F>
+std::vector<double> product_reference(index_t batch, index_t m, index_t n, index_t k, A a, B b,
+                                      F finish) {
+    std::vector<double> ref;
+    for (index_t bb = 0; bb < batch; ++bb)
+        for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < n; ++j) {
+                double acc = 0;
+                for (index_t kk = 0; kk < k; ++kk)
+                    acc += a(bb, i, kk) * b(kk, j);
+                ref.push_back(finish(bb, i, j, acc));
+            }
+    return ref;
+}
+
 }  // namespace
 
 TEST_CASE("the onednn device registers itself and is preferred over eigen", "[onednn]") {
@@ -198,16 +215,13 @@ TEST_CASE("bf16 precision rounds each operand once, whatever its layout",
                         .epilogue = ops::matmul_epilogue::bias_relu});
     const auto reference = [&](bool round) {
         const auto v = [round](float x) { return round ? double(float(bf16(x))) : double(x); };
-        std::vector<double> ref;
-        for (index_t bb = 0; bb < batch; ++bb)
-            for (index_t i = 0; i < m; ++i)
-                for (index_t j = 0; j < n; ++j) {
-                    double acc = 0;
-                    for (index_t kk = 0; kk < k; ++kk)
-                        acc += v(a[(bb * k + kk) * m + i]) * v(w[j * k + kk]);
-                    ref.push_back(std::max(0.0, 0.5 * acc + double(bias[j])));
-                }
-        return ref;
+        return product_reference(
+            batch, m, n, k,
+            [&](index_t bb, index_t i, index_t kk) { return v(a[(bb * k + kk) * m + i]); },
+            [&](index_t kk, index_t j) { return v(w[j * k + kk]); },
+            [&](index_t, index_t, index_t j, double acc) {
+                return std::max(0.0, 0.5 * acc + double(bias[j]));
+            });
     };
     CHECK(s.stats().fallback_ops == 0);
     INFO("CPU has bf16 kernels: " << onednn::cpu_has_bf16());
@@ -239,15 +253,13 @@ TEST_CASE("a row-major B copied column-major gives the same product", "[onednn]"
     CHECK(after.native_ops - before.native_ops == 1);
     CHECK(after.primitive_executions - before.primitive_executions ==
           (onednn::f32_matmul_is_gemm_jit() ? 2u : 1u));
-    std::vector<double> ref;
-    for (index_t bb = 0; bb < batch; ++bb)
-        for (index_t i = 0; i < m; ++i)
-            for (index_t j = 0; j < n; ++j) {
-                double acc = 0;
-                for (index_t kk = 0; kk < k; ++kk)
-                    acc += double(a[(bb * m + i) * k + kk]) * double(b[kk * n + j]);
-                ref.push_back(0.5 * acc + 2.0 * double(c0[(bb * m + i) * n + j]) + double(bias[j]));
-            }
+    const std::vector<double> ref = product_reference(
+        batch, m, n, k,
+        [&](index_t bb, index_t i, index_t kk) { return double(a[(bb * m + i) * k + kk]); },
+        [&](index_t kk, index_t j) { return double(b[kk * n + j]); },
+        [&](index_t bb, index_t i, index_t j, double acc) {
+            return 0.5 * acc + 2.0 * double(c0[(bb * m + i) * n + j]) + double(bias[j]);
+        });
     CHECK(mmfuse_test::max_rel_error(c, ref) <= 1e-5);
 }
 
