@@ -40,7 +40,7 @@ using dnnl::memory;
 enum class precision : std::uint8_t {
     f32,   ///< IEEE f32 throughout (default; what parity tests hold to 1e-5)
     bf16,  ///< `matmul` ops round their f32 operands to bf16 and accumulate in f32 (f32
-           ///< bias and output) on CPUs with bf16 kernels (AVX512-BF16, AMX); elsewhere, and
+           ///< bias and output) on CPUs with bf16 kernels (`cpu_has_bf16()`); elsewhere, and
            ///< for the products inside `attention`, they compute in f32
 };
 
