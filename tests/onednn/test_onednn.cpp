@@ -9,6 +9,9 @@
 #include <vector>
 
 #include <oneapi/dnnl/dnnl.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "mmfuse/backend/onednn/device.hpp"
 #include "mmfuse/backend/registry.hpp"
@@ -302,6 +305,39 @@ TEST_CASE("accumulating products with K <= 8 go to the fallback", "[onednn]") {
                 });
             CHECK(mmfuse_test::max_rel_error(c, ref) <= 1e-5);
         }
+}
+
+TEST_CASE("small ops run on fewer OpenMP threads, large ones on all", "[onednn][threads]") {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(4);  // the cap is about the request, not the cores present
+    onednn::onednn_stream& s = fresh_stream();
+    auto rng = mmfuse_test::make_rng(709);
+    // 2 x 48 elements: one thread's worth. Result as on Eigen; the count restored after.
+    const auto x = mmfuse_test::random_tensor<float>({48}, rng);
+    tensor<float> y({48}), y_ref({48});
+    mmfuse_test::poison(y);
+    ops::unary<float>(s, ops::unary_kind::relu, x.cref(), y.ref());
+    ops::unary<float>(eigen_stream(), ops::unary_kind::relu, x.cref(), y_ref.ref());
+    CHECK(s.stats().thread_capped_ops == 1);
+    CHECK(omp_get_max_threads() == 4);
+    CHECK(mmfuse_test::max_rel_error(to_doubles(y.cref()), to_doubles(y_ref.cref())) == 0.0);
+    // 256^3 multiply-adds: 64 threads' worth, so all 4.
+    const auto a = mmfuse_test::random_tensor<float>({256, 256}, rng);
+    const auto b = mmfuse_test::random_tensor<float>({256, 256}, rng);
+    const std::vector<double> ref = product(eigen_stream(), a, b);
+    CHECK(mmfuse_test::max_rel_error(product(s, a, b), ref) <= 1e-5);
+    CHECK(s.stats().thread_capped_ops == 1);
+    // A 16 x 16 x 16 product: 4096 multiply-adds, capped again (and still right).
+    const auto a2 = mmfuse_test::random_tensor<float>({16, 16}, rng);
+    const auto b2 = mmfuse_test::random_tensor<float>({16, 16}, rng);
+    CHECK(mmfuse_test::max_rel_error(product(s, a2, b2), product(eigen_stream(), a2, b2)) <= 1e-5);
+    CHECK(s.stats().thread_capped_ops == 2);
+    CHECK(omp_get_max_threads() == 4);
+    omp_set_num_threads(saved);
+#else
+    WARN("test_onednn built without OpenMP: oneDNN's thread count cannot be capped per op");
+#endif
 }
 
 TEST_CASE("a transformer layer trains the same on onednn as on eigen", "[onednn][nn]") {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -19,6 +20,9 @@
 #include <utility>
 
 #include <oneapi/dnnl/dnnl.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "mmfuse/backend/onednn/compat.hpp"
 #include "mmfuse/core/dtype.hpp"
@@ -208,6 +212,61 @@ private:
     int count_ = 0;
 };
 
+/// Work one more thread must get before it pays for the parallel region it joins (oneDNN
+/// opens one per primitive; with many threads, and OMP_WAIT_POLICY=PASSIVE, waking them
+/// costs tens of microseconds): multiply-adds of a matrix product, and elements read or
+/// written by any other op (PyTorch's `at::internal::GRAIN_SIZE` is also 32768 elements).
+inline constexpr double matmul_macs_per_thread = double(1 << 18);
+inline constexpr double elements_per_thread = double(1 << 15);
+
+/// Threads for `work` units at `grain` units per thread, out of `available`: one when the
+/// work could keep at most a quarter of them busy, else all. Intermediate team sizes were
+/// measured to cost more than they save (16-thread Xeon: resizing the OpenMP team between
+/// consecutive primitives slowed linear and attention blocks 1.1-2.7x), while running the
+/// smallest ops serially sped the pooled fusion models 2-3x.
+inline int threads_for(double work, double grain, int available) noexcept {
+    const double useful = std::max(1.0, std::ceil(work / grain));
+    return useful * 4.0 <= double(available) ? 1 : available;
+}
+
+/// Caps the OpenMP thread count of the calling thread at `threads` for its lifetime (0 or a
+/// count at or above the current one: no change). Needs the including program to be
+/// compiled with OpenMP (oneDNN's OpenMP runtime reads the count at each primitive); without
+/// it this does nothing.
+class thread_cap {
+public:
+    explicit thread_cap(int threads) noexcept {
+#ifdef _OPENMP
+        const int current = omp_get_max_threads();
+        if (threads > 0 && threads < current) {
+            saved_ = current;
+            omp_set_num_threads(threads);
+        }
+#else
+        (void)threads;
+#endif
+    }
+    ~thread_cap() {
+#ifdef _OPENMP
+        if (saved_ > 0) omp_set_num_threads(saved_);
+#endif
+    }
+    thread_cap(const thread_cap&) = delete;
+    thread_cap& operator=(const thread_cap&) = delete;
+
+    /// The thread count available before any cap (1 without OpenMP).
+    static int available() noexcept {
+#ifdef _OPENMP
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+    }
+
+private:
+    int saved_ = 0;
+};
+
 /// The oneDNN form of one op for one operand signature (extents, strides, dtypes): built once
 /// on the first execution of that signature, kept in the stream's cache, run on every later
 /// one. Implementations hold their primitives and argument memories.
@@ -220,6 +279,8 @@ public:
     /// Scratch bytes `run` needs in `cx.scratch` (oneDNN's user scratchpads and the plan's
     /// own intermediates).
     std::size_t scratch_bytes = 0;
+    /// OpenMP threads the plan was built for and runs on (0: all available).
+    int threads = 0;
 };
 
 /// What building a plan may use.

@@ -30,8 +30,11 @@
 /// Threads: oneDNN here runs on OpenMP; set the count with `omp_set_num_threads` or
 /// `OMP_NUM_THREADS` before the first step — a plan is built for the thread count of its
 /// first execution (its scratchpad is sized for it), so call `clear_cache()` after changing
-/// the count. The cache is not bounded: a model with many distinct shapes (varying sequence
-/// lengths) keeps one plan per shape until `clear_cache()`.
+/// the count. Small ops (under 2^18 multiply-adds or 2^15 elements per thread) are built
+/// for and run on fewer threads, as PyTorch's grain size does, when the including program
+/// is compiled with OpenMP (`stats().thread_capped_ops` counts them). The cache is not
+/// bounded: a model with many distinct shapes (varying sequence lengths) keeps one plan per
+/// shape until `clear_cache()`.
 
 #include <cstdint>
 #include <memory>
@@ -124,6 +127,32 @@ inline operand_signature signature_of(const any_tensor_ref& t) noexcept {
 
 class onednn_device;
 
+namespace detail {
+
+/// OpenMP threads worth giving `op` on these operands, out of `available`: a matrix product
+/// by its multiply-adds, attention always all (its cost is not in its operand sizes), any
+/// other op by the elements of its operands.
+inline int op_threads(const ops::op_desc& op, std::span<const any_tensor_ref> in,
+                      std::span<const any_tensor_ref> out, int available) noexcept {
+    if (available <= 1) return available;
+    if (const auto* mm = std::get_if<ops::matmul_desc>(&op)) {
+        const extents& a = in[0].extents();
+        const index_t k = mm->transpose_a ? a[a.rank() - 2] : a[a.rank() - 1];
+        return threads_for(double(out[0].extents().numel()) * double(k), matmul_macs_per_thread,
+                           available);
+    }
+    if (std::holds_alternative<ops::attention_desc>(op) ||
+        std::holds_alternative<ops::attention_backward_desc>(op))
+        return available;
+    double elements = 0;
+    for (const auto* side : {&in, &out})
+        for (const any_tensor_ref& t : *side)
+            elements += double(t.extents().numel());
+    return threads_for(elements, elements_per_thread, available);
+}
+
+}  // namespace detail
+
 /// Counters of one stream since construction (or `reset_stats()`).
 struct stream_stats {
     std::uint64_t native_ops = 0;    ///< ops run as oneDNN primitives
@@ -131,6 +160,8 @@ struct stream_stats {
     std::uint64_t plans_built = 0;   ///< cache misses (each built or declined a plan once)
     std::uint64_t primitive_executions = 0;  ///< oneDNN primitives run by the native ops
     std::uint64_t primitive_arguments = 0;   ///< execution arguments passed to them
+    std::uint64_t thread_capped_ops = 0;  ///< native ops run on fewer OpenMP threads than
+                                          ///< available because they are small
 };
 
 /// Synchronous stream of the oneDNN device. Not thread-safe (one stream per thread).
@@ -264,13 +295,19 @@ inline void onednn_stream::execute(const ops::op_desc& op, std::span<const any_t
     if (it == cache_.end()) {
         ++stats_.plans_built;
         std::unique_ptr<plan> built;
+        // A small op is built for, and runs on, fewer threads (thread_cap): the thread count
+        // is part of what oneDNN sizes at build time.
+        const int available = thread_cap::available();
+        const int threads = detail::op_threads(op, inputs, outputs, available);
         try {
+            const thread_cap cap(threads);
             const build_context bx{&device_->engine(), math_};
             built = std::visit(
                 [&](const auto& d) { return make_plan(d, inputs, outputs, bx); }, op);
         } catch (const dnnl::error&) {
             built = nullptr;  // oneDNN has no implementation for this signature
         }
+        if (built && threads < available) built->threads = threads;
         it = cache_.emplace(probe_, std::move(built)).first;
     }
     if (!it->second)
@@ -284,6 +321,7 @@ inline void onednn_stream::execute(const ops::op_desc& op, std::span<const any_t
             scratch_.allocate<float>(extents{index_t((p.scratch_bytes + 3) / 4)}).data());
     const execution_counters before = thread_executions();
     try {
+        const thread_cap cap(p.threads);
         p.run({&stream_, scratch, p.scratch_bytes, math_}, inputs, outputs);
     } catch (const dnnl::error& e) {
         throw backend_error("onednn", std::string(ops::op_name(op)) + ": " + e.what());
@@ -291,6 +329,7 @@ inline void onednn_stream::execute(const ops::op_desc& op, std::span<const any_t
         throw backend_error("onednn", std::string(ops::op_name(op)) + ": " + e.what());
     }
     ++stats_.native_ops;
+    if (p.threads > 0) ++stats_.thread_capped_ops;
     stats_.primitive_executions += thread_executions().executions - before.executions;
     stats_.primitive_arguments += thread_executions().arguments - before.arguments;
 }
