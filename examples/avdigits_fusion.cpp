@@ -186,20 +186,17 @@ struct dataset {
 
 // Loads both splits; standardises the log-mel per band with the training split's statistics.
 std::pair<dataset, dataset> load(const std::filesystem::path& dir) {
-    const examples::avdigits_split tr = examples::load_avdigits(dir, "train");
-    const examples::avdigits_split te = examples::load_avdigits(dir, "test");
-    if (tr.frames != 48 || tr.mels != 32 || te.frames != 48 || te.mels != 32)
-        throw std::runtime_error("avdigits: expected 48 frames x 32 mel bands");
-    const examples::logmel_band_stats stats = examples::band_stats(tr);
-    const auto convert = [&](const examples::avdigits_split& s) {
+    examples::standardised_avdigits av = examples::load_standardised_avdigits(dir);
+    const auto convert = [](const examples::avdigits_split& s, std::vector<float>&& audio) {
         dataset d;
         d.n = index_t(s.size());
         d.image = s.images;
-        d.audio = examples::standardised_logmel(s, stats);
+        d.audio = std::move(audio);
         d.label.assign(s.labels.begin(), s.labels.end());
         return d;
     };
-    return {convert(tr), convert(te)};
+    return {convert(av.train, std::move(av.train_audio)),
+            convert(av.test, std::move(av.test_audio))};
 }
 
 // One batch in the layouts the models take (see the header comment).

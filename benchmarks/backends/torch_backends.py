@@ -37,9 +37,10 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_timing import time_step  # noqa: E402  (benchmarks/torch_timing.py)
 
 E, HEADS, MLP, L, LCTX = 512, 8, 2048, 64, 196
 FW, FMLP, CLASSES = 256, 1024, 10
@@ -180,23 +181,6 @@ def steps(torch, module, inputs):
     return {"fwd": fwd, "fwdbwd": fwdbwd}
 
 
-def time_step(step, min_reps, budget_s):
-    """Median (wall ms, process-CPU ms, steps) over max(min_reps, budget / first) steps."""
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    n = max(min_reps, min(200, int(budget_s / max(first, 1e-6))))
-    wall, cpu = [], []
-    for _ in range(n):
-        w0, c0 = time.perf_counter(), time.process_time()
-        step()
-        cpu.append((time.process_time() - c0) * 1e3)
-        wall.append((time.perf_counter() - w0) * 1e3)
-    return statistics.median(wall), statistics.median(cpu), n
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -224,7 +208,7 @@ def main():
                 runs = steps(torch, module, inputs)
                 for p in cases:
                     module.train(p == "fwdbwd")
-                    ms, cpu_ms, reps = time_step(runs[p], args.min_reps, args.budget)
+                    ms, cpu_ms, reps = time_step(runs[p], args.min_reps, args.budget, 200)
                     results.append({"block": block, "shape": "B%d" % batch, "threads": n,
                                     "pass": p, "ms": ms, "cpu_ms": cpu_ms, "reps": reps})
                     print("torch %-16s B%-4d t%d %-7s %9.3f ms" % (block, batch, n, p, ms),
@@ -236,7 +220,7 @@ def main():
             a, w = torch.randn(m, k), torch.randn(nn_, k)
             with torch.inference_mode():
                 ms, cpu_ms, reps = time_step(lambda: torch.nn.functional.linear(a, w),
-                                             args.min_reps, args.budget)
+                                             args.min_reps, args.budget, 200)
             results.append({"block": "raw_matmul", "shape": shape, "threads": n, "pass": "fwd",
                             "ms": ms, "cpu_ms": cpu_ms, "reps": reps,
                             "flops": 2.0 * m * k * nn_})

@@ -35,10 +35,11 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_timing import time_step  # noqa: E402  (benchmarks/torch_timing.py)
 
 SHAPES = ((256, 512), (1024, 512), (4096, 256))
 CASES = ("clip_loss", "siglip_loss", "clip_gemms", "logit_loss/softmax", "logit_loss/sigmoid",
@@ -168,23 +169,6 @@ def make_steps(torch, batch, dim):
     }
 
 
-def time_step(step, reps, budget_s=1.5):
-    """Median (wall ms, process-CPU ms) of `step` over at least `reps` runs after warm-up."""
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    n = max(reps, min(50, int(budget_s / max(first, 1e-6))))
-    wall, cpu = [], []
-    for _ in range(n):
-        w0, c0 = time.perf_counter(), time.process_time()
-        step()
-        cpu.append((time.process_time() - c0) * 1e3)
-        wall.append((time.perf_counter() - w0) * 1e3)
-    return statistics.median(wall), statistics.median(cpu)
-
-
 def shape_label(case, batch, dim):
     return "B%d" % batch if case.startswith("logit_loss") else "B%d x D%d" % (batch, dim)
 
@@ -219,10 +203,10 @@ def main():
                 continue
             steps = make_steps(torch, batch, dim)
             for case in wanted:
-                torch_times[(case, batch, n)] = time_step(steps[case], args.reps)
+                torch_times[(case, batch, n)] = time_step(steps[case], args.reps, 1.5, 50)[:2]
             if "clip_loss" in wanted:
                 torch_times[("clip_loss/open_clip", batch, n)] = time_step(
-                    steps["clip_loss/open_clip"], args.reps)
+                    steps["clip_loss/open_clip"], args.reps, 1.5, 50)[:2]
 
     print("# mmfuse (Eigen backend) vs PyTorch %s (eager, CPU, fp32)\n" % torch.__version__)
     print("- date: %s" % datetime.date.today().isoformat())

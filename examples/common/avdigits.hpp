@@ -277,4 +277,30 @@ inline std::vector<float> standardised_logmel(const avdigits_split& s, const log
     return out;
 }
 
+/// Both splits of `dir` (load_avdigits) with each log-mel standardised per band by the
+/// training split's statistics, the normalisation every example applies:
+///   train_audio, test_audio   (N, frames, mels) floats, standardised_logmel of each split.
+/// Throws std::runtime_error when a split's log-mel is not `frames` x `mels` (the size the
+/// examples' models are built for), and whatever load_avdigits throws.
+struct standardised_avdigits {
+    avdigits_split train, test;
+    std::vector<float> train_audio, test_audio;
+};
+
+inline standardised_avdigits load_standardised_avdigits(const std::filesystem::path& dir,
+                                                        std::size_t frames = 48,
+                                                        std::size_t mels = 32) {
+    standardised_avdigits d{load_avdigits(dir, "train"), load_avdigits(dir, "test"), {}, {}};
+    for (const avdigits_split* s : {&d.train, &d.test})
+        if (s->frames != frames || s->mels != mels)
+            throw std::runtime_error("avdigits: expected " + std::to_string(frames) +
+                                     " frames x " + std::to_string(mels) + " mel bands, got " +
+                                     std::to_string(s->frames) + " x " +
+                                     std::to_string(s->mels));
+    const logmel_band_stats stats = band_stats(d.train);
+    d.train_audio = standardised_logmel(d.train, stats);
+    d.test_audio = standardised_logmel(d.test, stats);
+    return d;
+}
+
 }  // namespace examples
