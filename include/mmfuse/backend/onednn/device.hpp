@@ -135,12 +135,9 @@ namespace detail {
 inline int op_threads(const ops::op_desc& op, std::span<const any_tensor_ref> in,
                       std::span<const any_tensor_ref> out, int available) noexcept {
     if (available <= 1) return available;
-    if (const auto* mm = std::get_if<ops::matmul_desc>(&op)) {
-        const extents& a = in[0].extents();
-        const index_t k = mm->transpose_a ? a[a.rank() - 2] : a[a.rank() - 1];
-        return threads_for(double(out[0].extents().numel()) * double(k), matmul_macs_per_thread,
-                           available);
-    }
+    if (const auto* mm = std::get_if<ops::matmul_desc>(&op))
+        return threads_for(double(out[0].extents().numel()) * double(inner_dimension(*mm, in[0])),
+                           matmul_macs_per_thread, available);
     if (std::holds_alternative<ops::attention_desc>(op) ||
         std::holds_alternative<ops::attention_backward_desc>(op))
         return available;

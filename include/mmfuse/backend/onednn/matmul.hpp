@@ -26,6 +26,13 @@
 
 namespace mmfuse::inline v0::backend::onednn {
 
+/// K, the inner dimension of a matmul under `d` whose first operand is `a` ((M, K), or (K, M)
+/// with `transpose_a`, with any leading batch axes).
+inline index_t inner_dimension(const ops::matmul_desc& d, const any_tensor_ref& a) noexcept {
+    const extents& e = a.extents();
+    return e[e.rank() - (d.transpose_a ? 2 : 1)];
+}
+
 namespace detail {
 
 /// `t` viewed as a rank-`rank` operand of a matmul: leading axes of extent 1 prepended, the
@@ -144,7 +151,7 @@ public:
         memory::desc b_md = matmul_operand_desc(in[1], rank, d.transpose_b);
         const memory::desc c_md = desc_of(c);
         const index_t m = c.extents()[rank - 2], n = c.extents()[rank - 1];
-        const index_t k = in[0].extents()[in[0].extents().rank() - (d.transpose_a ? 2 : 1)];
+        const index_t k = inner_dimension(d, in[0]);
         // Staged copies (scratch layout: [oneDNN scratchpad (shared) | copy of A | copy of B]).
         const bool bf16 = staged_operand::rounds_to_bf16(in[0].type(), bx) &&
                           staged_operand::rounds_to_bf16(in[1].type(), bx);
@@ -241,9 +248,7 @@ inline std::unique_ptr<plan> make_plan(const ops::matmul_desc& d,
     // 2.6 applies beta as a sum post-op, which at K <= 8 costs 1.3-6.7x Eigen's GEMM
     // (512 x K x 2048, 1 thread: 0.85 ms vs 0.13 ms at K = 1, 0.43 vs 0.32 at K = 8; from
     // K = 32 on, oneDNN is faster).
-    const auto& a = in[0].extents();
-    const index_t k = d.transpose_a ? a[a.rank() - 2] : a[a.rank() - 1];
-    if (d.beta != 0.0 && k <= max_fallback_accumulate_k) return nullptr;
+    if (d.beta != 0.0 && inner_dimension(d, in[0]) <= max_fallback_accumulate_k) return nullptr;
     return usable_or_null<detail::matmul_plan>(d, in, out, bx);
 }
 
